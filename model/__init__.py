@@ -1,0 +1,45 @@
+"""The SD v1 model stack: tokenizer, text encoder, VAE, UNet (SPEC §2)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .attention import AttentionHook, AttnSite, attention, attention_probs
+from .clip import CLIPTextConfig, CLIPTextEncoder
+from .tokenizer import CLIPTokenizer
+from .unet import UNet, UNetConfig
+from .vae import VAE, VAEConfig
+
+__all__ = [
+    "AttentionHook", "AttnSite", "attention", "attention_probs", "CLIPTextConfig", "CLIPTextEncoder",
+    "CLIPTokenizer", "UNet", "UNetConfig", "VAE", "VAEConfig", "StableDiffusion",
+]
+
+
+@dataclass
+class StableDiffusion:
+    """A loaded SD v1 model: the four parts, the latent scaling factor and where it came from."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextEncoder
+    unet: UNet
+    vae: VAE
+    scaling_factor: float = 0.18215
+    scheduler_config: dict | None = None  # a diffusers scheduler_config.json, when the source has one
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.conv_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.conv_in.weight.dtype
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Tensor:
+        """Prompts -> text-encoder context [B, 77, D] on the model's device and dtype."""
+        return self.text_encoder(self.tokenizer(prompts).to(self.device))

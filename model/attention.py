@@ -1,0 +1,119 @@
+"""Attention: the one function that does the math, the UNet's attention layer, and its hook.
+
+`attention()` is softmax(Q K^T * scale + bias) V, written out; when nobody needs the probabilities it
+takes PyTorch's fused kernel, which computes the same thing without materialising the maps.
+Every UNet attention layer is addressed by an `AttnSite` (SPEC §2 block index 0-15 and "self"/"cross")
+and calls the `AttentionHook` set on it, if any, with the step index its caller passed in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Kind = Literal["self", "cross"]
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """[B, N, C] -> [B, heads, N, C/heads]."""
+    b, n, c = x.shape
+    return x.view(b, n, heads, c // heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """[B, heads, N, d] -> [B, N, heads*d]."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def attention_probs(q: Tensor, k: Tensor, bias: Tensor | None = None) -> Tensor:
+    """softmax(Q K^T / sqrt(d) + bias) for head-split Q [B,H,Nq,d], K [B,H,Nk,d] -> [B,H,Nq,Nk]."""
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * q.shape[-1] ** -0.5
+    if bias is not None:
+        scores = scores + bias
+    return scores.softmax(dim=-1)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, heads: int, bias: Tensor | None = None,
+              fused: bool = True) -> Tensor:
+    """Multi-head attention on unsplit [B, N, C] projections -> [B, Nq, C].
+
+    `bias` is added to the scores (broadcast to [B, heads, Nq, Nk]), e.g. a causal mask or log(mask).
+    fused=False computes the probabilities explicitly (same numbers up to rounding).
+    """
+    q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
+    if fused:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    else:
+        out = attention_probs(q, k, bias) @ v
+    return merge_heads(out)
+
+
+@dataclass(frozen=True)
+class AttnSite:
+    """Where an attention call happens: SPEC §2 block index, self/cross, query grid, heads."""
+
+    block: int
+    kind: Kind
+    height: int
+    width: int
+    heads: int
+
+
+class AttentionHook:
+    """Base class for attention hooks: every method defaults to "change nothing".
+
+    Shapes: q [B, Nq, C], k and v [B, Nk, C] are the projections before the head split;
+    probs [B, heads, Nq, Nk]; an output is [B, Nq, C] (before the output projection).
+    `step` is whatever the UNet's caller passed as `step` (None if nothing).
+    """
+
+    def on_qkv(self, site: AttnSite, step: int | None, q: Tensor, k: Tensor, v: Tensor) -> None:
+        """Read the projections."""
+
+    def replace_output(self, site: AttnSite, step: int | None, q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
+        """Return a whole attention output to use instead of the layer's own, or None."""
+        return None
+
+    def needs_probs(self, site: AttnSite, step: int | None) -> bool:
+        """True to have the layer compute probabilities explicitly and pass them to edit_probs."""
+        return False
+
+    def edit_probs(self, site: AttnSite, step: int | None, probs: Tensor) -> Tensor:
+        """Read or replace the attention probabilities."""
+        return probs
+
+
+class Attention(nn.Module):
+    """A UNet attention layer (diffusers names: to_q, to_k, to_v, to_out.0)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, block: int = -1, kind: Kind = "self"):
+        super().__init__()
+        ctx = context_dim or dim
+        self.heads, self.block, self.kind = heads, block, kind
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(ctx, dim, bias=False)
+        self.to_v = nn.Linear(ctx, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.hook: AttentionHook | None = None
+        self.fused = True  # False: always use the explicit path (for tests and benchmarks)
+
+    def forward(self, x: Tensor, hw: tuple[int, int], context: Tensor | None = None, step: int | None = None) -> Tensor:
+        """x [B, H*W, C]; context [B, 77, D] for cross-attention."""
+        src = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(src), self.to_v(src)
+        hook = self.hook
+        if hook is None:
+            return self.to_out[0](attention(q, k, v, self.heads, fused=self.fused))
+        site = AttnSite(self.block, self.kind, hw[0], hw[1], self.heads)
+        hook.on_qkv(site, step, q, k, v)
+        out = hook.replace_output(site, step, q, k, v)
+        if out is None and hook.needs_probs(site, step):
+            probs = hook.edit_probs(site, step, attention_probs(split_heads(q, self.heads), split_heads(k, self.heads)))
+            out = merge_heads(probs.to(v.dtype) @ split_heads(v, self.heads))
+        elif out is None:
+            out = attention(q, k, v, self.heads, fused=self.fused)
+        return self.to_out[0](out)

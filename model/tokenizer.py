@@ -1,0 +1,106 @@
+"""CLIP's byte-level BPE tokenizer (SPEC §2), built on the `tokenizers` package.
+
+Same pipeline as OpenAI CLIP: NFC, collapse whitespace, lower-case, split with CLIP's regex,
+byte-level BPE with '</w>' word ends, then <|startoftext|> ... <|endoftext|> padded to 77.
+Each token also carries its character span in the prompt (SPEC §4.2 needs word -> tokens).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+# OpenAI CLIP's vocabulary (MIT licence, see model/data/NOTICE).
+BUNDLED_VOCAB = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# CLIP's split pattern (text is lower-cased first, so case-insensitivity is moot).
+_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _vocab_from_bpe_file(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary and merges exactly as OpenAI CLIP's SimpleTokenizer builds them."""
+    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_chars = list(_bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges] + [BOS, EOS]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One prompt's token ids (length 77) and each real token's (start, end) character span."""
+
+    ids: list[int]
+    spans: list[tuple[int, int]]  # spans[k] belongs to ids[k + 1] (after <|startoftext|>)
+    truncated: bool
+
+
+class CLIPTokenizer:
+    """Callable: list of prompts -> LongTensor [B, max_length]."""
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], max_length: int = 77):
+        bpe = models.BPE(vocab=vocab, merges=merges, unk_token=EOS, end_of_word_suffix="</w>", fuse_unk=False)
+        tok = Tokenizer(bpe)
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+        )
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(_PATTERN), behavior="removed", invert=True),
+             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+        self._tok = tok
+        self.max_length = max_length
+        self.bos_id, self.eos_id = vocab[BOS], vocab[EOS]
+        self.vocab_size = len(vocab)
+
+    @classmethod
+    def bundled(cls) -> "CLIPTokenizer":
+        """The tokenizer from the bundled CLIP vocabulary."""
+        return cls(*_vocab_from_bpe_file(BUNDLED_VOCAB))
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "CLIPTokenizer":
+        """A diffusers/transformers `tokenizer/` folder (vocab.json + merges.txt)."""
+        folder = Path(folder)
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
+        merges = [tuple(m.split()) for m in lines if m and not m.startswith("#version")]
+        max_length = 77
+        cfg = folder / "tokenizer_config.json"
+        if cfg.exists():
+            max_length = min(int(json.loads(cfg.read_text()).get("model_max_length", 77)), 77)
+        return cls(vocab, merges, max_length)
+
+    def encode(self, prompt: str) -> Encoding:
+        """Token ids padded with <|endoftext|> to max_length, plus character spans."""
+        enc = self._tok.encode(prompt, add_special_tokens=False)
+        ids, spans = list(enc.ids), list(enc.offsets)
+        room = self.max_length - 2
+        truncated = len(ids) > room
+        ids, spans = ids[:room], spans[:room]
+        full = [self.bos_id] + ids + [self.eos_id]
+        full += [self.eos_id] * (self.max_length - len(full))
+        return Encoding(full, [tuple(s) for s in spans], truncated)
+
+    def __call__(self, prompts: list[str] | str) -> torch.LongTensor:
+        """Prompts -> LongTensor [B, max_length]."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        return torch.tensor([self.encode(p).ids for p in prompts], dtype=torch.long)

@@ -1,0 +1,59 @@
+"""Checkpoint loading: diffusers folders, LDM single files (.safetensors/.ckpt), Hub repo ids.
+
+    sd = weights.load_model(source, dtype=torch.float32, device="cpu")
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from model import StableDiffusion
+
+from .checkpoint import StrictLoadError, UnsupportedCheckpoint
+from .folder import WEIGHT_NAMES, load_folder
+from .ldm import load_single_file
+
+__all__ = ["load_model", "UnsupportedCheckpoint", "StrictLoadError", "DEFAULT_MODEL", "hub_download"]
+
+# The project's embedded demo model (a diffusers folder shipped in the repo), used when no source is given.
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "toy-sd"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu", use_ema: bool = True, variant: str | None = None,
+               revision: str | None = None) -> StableDiffusion:
+    """Load SD v1 weights from a diffusers folder, an LDM single file or a Hub repo id (None: the demo model)."""
+    if source is None:
+        if not (DEFAULT_MODEL / "model_index.json").exists():
+            raise FileNotFoundError(f"no model given and the embedded demo model is missing at {DEFAULT_MODEL}")
+        source = DEFAULT_MODEL
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise UnsupportedCheckpoint(f"{path} is a folder without model_index.json (not a diffusers SD folder)")
+        return load_folder(path, dtype, device, variant)
+    if path.is_file():
+        return load_single_file(path, dtype, device, use_ema)
+    if isinstance(source, str) and _REPO_ID.match(source) and not source.startswith((".", "/")):
+        return load_folder(hub_download(source, variant, revision), dtype, device, variant)
+    raise FileNotFoundError(f"model source {source!r} is not a folder, a file, or a Hub repo id (owner/name)")
+
+
+def hub_download(repo_id: str, variant: str | None = None, revision: str | None = None) -> Path:
+    """Fetch only the files an SD v1 diffusers repo needs (configs, tokenizer, one weight file per part)."""
+    from huggingface_hub import snapshot_download
+
+    configs = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/*", "unet/config.json",
+               "vae/config.json", "text_encoder/config.json"]
+    v = f".{variant}" if variant else ""
+    # Prefer safetensors; fall back to .bin only for parts that have no safetensors file.
+    wanted = [f"{part}/{names[0].format(v=v)}" for part, names in WEIGHT_NAMES.items()]
+    folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=configs + wanted))
+    missing = [part for part, names in WEIGHT_NAMES.items() if not (folder / part / names[0].format(v=v)).exists()]
+    if missing:
+        bins = [f"{part}/{WEIGHT_NAMES[part][1].format(v=v)}" for part in missing]
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=configs + bins))
+    return folder

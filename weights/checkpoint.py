@@ -1,0 +1,117 @@
+"""Reading tensors from checkpoint files and filling modules strictly (every key used, every parameter set)."""
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from torch import Tensor, nn
+
+
+class UnsupportedCheckpoint(ValueError):
+    """The file or folder is not an SD v1 checkpoint this project can load."""
+
+    def __init__(self, what: str):
+        super().__init__(f"unsupported checkpoint: {what}")
+
+
+class StrictLoadError(ValueError):
+    """Checkpoint keys and model parameters do not match one to one."""
+
+
+class _IgnoredPickledObject:
+    """Stand-in for harmless training-time objects in old .ckpt pickles; keeps nothing, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+# Globals that real SD .ckpt files pickle besides tensors (e.g. sd-v1-4.ckpt's Lightning callback state).
+# They are allowed for weights_only loading and either mapped to harmless numpy readers or to a stub.
+_CKPT_SAFE_GLOBALS: list[tuple[Callable, str]] = [
+    (_IgnoredPickledObject, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    (np._core.multiarray.scalar, "numpy._core.multiarray.scalar"),
+    (np.dtype, "numpy.dtype"),
+] + [(type(np.dtype(t)), f"numpy.dtypes.{type(np.dtype(t)).__name__}")
+     for t in ("float64", "float32", "int64", "int32", "bool")]
+
+
+class TensorSource:
+    """Lazy name -> tensor access to one file, read one tensor at a time (no second full copy)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix == ".safetensors":
+            try:
+                self._st = safe_open(str(self.path), framework="pt", device="cpu")
+            except Exception as e:  # noqa: BLE001 - any parse failure means "not a safetensors file"
+                raise UnsupportedCheckpoint(f"{self.path.name} is not a readable safetensors file ({e})") from None
+            self._dict = None
+        elif suffix in (".ckpt", ".bin", ".pt", ".pth"):
+            self._st, self._dict = None, load_pickle_checkpoint(self.path)
+        else:
+            raise UnsupportedCheckpoint(f"{self.path.name}: expected .safetensors, .ckpt, .bin, .pt or .pth")
+
+    def keys(self) -> list[str]:
+        return list(self._st.keys()) if self._st is not None else list(self._dict)
+
+    def get(self, key: str) -> Tensor:
+        return self._st.get_tensor(key) if self._st is not None else self._dict[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._st is not None:
+            return tuple(self._st.get_slice(key).get_shape())
+        return tuple(self._dict[key].shape)
+
+
+def load_pickle_checkpoint(path: Path) -> dict[str, Tensor]:
+    """torch.load with weights_only=True (plus the allow-list above); returns the flat tensor dict."""
+    kwargs = {"map_location": "cpu", "weights_only": True}
+    try:
+        with torch.serialization.safe_globals(_CKPT_SAFE_GLOBALS):
+            try:
+                obj = torch.load(path, mmap=True, **kwargs)
+            except RuntimeError as e:
+                if "mmap" not in str(e) and "zip" not in str(e):
+                    raise
+                obj = torch.load(path, **kwargs)  # legacy (non-zip) pickle files cannot be memory-mapped
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedCheckpoint(f"{path.name} holds objects that weights-only loading refuses ({first})") from None
+    except Exception as e:  # noqa: BLE001 - a random or truncated file
+        raise UnsupportedCheckpoint(f"{path.name} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise UnsupportedCheckpoint(f"{path.name} holds a {type(obj).__name__}, not a dict of tensors")
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def fill_module(module: nn.Module, tensors: dict[str, Tensor] | Iterable[tuple[str, Tensor]], what: str,
+                dtype: torch.dtype, device: torch.device | str) -> nn.Module:
+    """Assign tensors to a module built on the meta device; every key must match a parameter exactly."""
+    given = dict(tensors)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(given) & set(expected)) if given[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+                parts.append(f"{label}: {shown}")
+        raise StrictLoadError(f"{what}: checkpoint and model do not match; " + "; ".join(parts))
+    for k in list(given):
+        given[k] = given[k].to(device=device, dtype=dtype if given[k].is_floating_point() else given[k].dtype)
+    module.load_state_dict(given, strict=True, assign=True)
+    return module.eval().requires_grad_(False)
