@@ -1,0 +1,5 @@
+"""SpecRef: reference-conditioned real-image editing on SD v1 (see SPEC.md)."""
+from .config import PRESETS, EditConfig, Preset
+from .pipeline import EditResult, edit
+
+__all__ = ["edit", "EditConfig", "EditResult", "Preset", "PRESETS"]

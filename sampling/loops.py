@@ -1,0 +1,91 @@
+"""Text-to-image sampling with classifier-free guidance and DDIM inversion (SPEC §2, §3)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .ddim import DDIM
+
+# callback(step_index, timestep, latents) -> replacement latents or None
+Callback = Callable[[int, int, Tensor], "Tensor | None"]
+
+
+def guided_eps(sd, x: Tensor, t: int, context: Tensor, guidance: float, step: int) -> Tensor:
+    """eps at (x, t): one UNet call; `context` is [uncond; cond] (2B) for CFG or cond only (B) (SPEC §2)."""
+    cfg = context.shape[0] == 2 * x.shape[0]
+    inp = torch.cat([x, x]) if cfg else x
+    eps = sd.unet(inp.to(sd.dtype), t, context, step=step).float()
+    if not cfg:
+        return eps
+    eps_u, eps_c = eps.chunk(2)
+    return eps_u + guidance * (eps_c - eps_u)
+
+
+def _prompts(prompt: str | list[str]) -> list[str]:
+    return [prompt] if isinstance(prompt, str) else list(prompt)
+
+
+def _apply(callback: Callback | None, i: int, t: int, x: Tensor) -> Tensor:
+    out = callback(i, t, x) if callback is not None else None
+    return x if out is None else out
+
+
+@torch.no_grad()
+def sample(sd, prompt: str | list[str], *, negative_prompt: str | list[str] = "", guidance: float = 7.5,
+           steps: int = 50, height: int = 512, width: int = 512, seed: int = 0,
+           generator: torch.Generator | None = None, latents: Tensor | None = None,
+           callback: Callback | None = None, progress: bool = True, ddim: DDIM | None = None) -> Tensor:
+    """Text-to-image with CFG: returns the final (scaled) latents [B,4,h/8,w/8], float32."""
+    if height % 64 or width % 64 or height <= 0 or width <= 0:
+        raise ValueError(f"height and width must be positive multiples of 64, got {height}x{width}")
+    if guidance < 0:
+        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    ddim = ddim or DDIM(steps, config=sd.scheduler_config)  # a given ddim overrides `steps`
+    prompts = _prompts(prompt)
+    negs = _prompts(negative_prompt)
+    negs = negs * len(prompts) if len(negs) == 1 else negs
+    if len(negs) != len(prompts):
+        raise ValueError(f"{len(negs)} negative prompts for {len(prompts)} prompts")
+    if latents is None:
+        gen = generator or torch.Generator().manual_seed(seed)
+        latents = torch.randn((1, 4, height // 8, width // 8), generator=gen, dtype=torch.float32)
+    if latents.ndim != 4 or latents.shape[0] not in (1, len(prompts)):
+        raise ValueError(f"latents must be [1 or {len(prompts)},4,h,w], got {tuple(latents.shape)}")
+    # One start shared by all prompts, as Prompt-to-Prompt does.
+    x = latents.to(sd.device, torch.float32).expand(len(prompts), -1, -1, -1).clone()
+    context = sd.encode_prompts(negs + prompts)  # [u; c]
+    for i, t in enumerate(tqdm(ddim.timesteps.tolist(), desc="sample", disable=not progress)):
+        eps = guided_eps(sd, x, t, context, guidance, step=i)
+        x = _apply(callback, i, t, ddim.step(eps, t, x))
+    return x
+
+
+@torch.no_grad()
+def invert(sd, latents: Tensor, prompts: list[str], *, guidance: float = 1.0, steps: int = 50,
+           callback: Callback | None = None, progress: bool = True, ddim: DDIM | None = None) -> Tensor:
+    """DDIM inversion over reversed(timesteps) (SPEC §3): every latent z[0..N], [N+1,B,4,h,w] float32."""
+    if guidance < 0:
+        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    prompts = _prompts(prompts)
+    if latents.ndim != 4 or latents.shape[0] != len(prompts):
+        raise ValueError(f"latents must be [B,4,h,w] with B = {len(prompts)} prompts, got {tuple(latents.shape)}")
+    ddim = ddim or DDIM(steps, config=sd.scheduler_config)
+    # SPEC §2: guidance 1 is conditional only, no uncond batch.
+    context = sd.encode_prompts(prompts if guidance == 1 else [""] * len(prompts) + prompts)
+    x = latents.to(sd.device, torch.float32)
+    zs = [x]
+    for j, t in enumerate(tqdm(ddim.timesteps.flip(0).tolist(), desc="invert", disable=not progress)):
+        eps = guided_eps(sd, x, t, context, guidance, step=j)
+        x = _apply(callback, j, t, ddim.invert_step(eps, t, x))
+        zs.append(x)
+    return torch.stack(zs)
+
+
+@torch.no_grad()
+def decode(sd, latents: Tensor) -> Tensor:
+    """Scaled latents -> images [B,3,H,W] in [-1,1], float32 (SPEC §2: x = D(z / 0.18215))."""
+    img = sd.vae.decode((latents / sd.scaling_factor).to(sd.device, sd.dtype))
+    return img.float().clamp(-1, 1)

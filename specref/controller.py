@@ -1,0 +1,155 @@
+"""The attention hooks of the method: reference K/V capture (SPEC §3) and the edit controller (SPEC §4).
+
+The edit batch is [u_src, u_tgt, c_src, c_tgt] (SPEC §4); P2P and SR-attn touch only the conditional
+target (index 3), reading the conditional source (index 2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from model.attention import AttentionHook, AttnSite, attention
+
+from .blend import apply_blend, local_blend_mask
+from .masks import EmptyMaskError, mask_t_from_maps, resize_mask
+from .p2p import edit_cross
+from .srattn import sr_attention
+
+SRC, TGT = 2, 3  # conditional source / target in the edit batch
+BLEND_BLOCKS = (4, 5, 7, 8, 9)  # SPEC §4.3: the latent/4-level cross-attention layers (16² at 512²)
+
+
+class ReferenceFeatures(AttentionHook):
+    """Stage 1 (SPEC §3): K, V of the reference element, only in the SR layers at the steps SR-attn will use."""
+
+    def __init__(self, num_steps: int, blocks: range, steps: range, index: int = 1, dtype: torch.dtype | None = None):
+        self.num_steps, self.blocks, self.steps, self.index, self.dtype = num_steps, blocks, steps, index, dtype
+        self.kv: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+
+    def on_qkv(self, site: AttnSite, step: int | None, q: Tensor, k: Tensor, v: Tensor) -> None:
+        if site.kind != "self" or site.block not in self.blocks:
+            return
+        edit_step = self.num_steps - 1 - step  # editing step i uses inversion step N-1-i: the same timestep
+        if edit_step in self.steps:
+            i, dt = self.index, self.dtype or k.dtype
+            self.kv[(site.block, edit_step)] = (k[i : i + 1].to(dt, copy=True), v[i : i + 1].to(dt, copy=True))
+
+    def nbytes(self) -> int:
+        """Memory held by the kept features."""
+        return sum(k.numel() * k.element_size() * 2 for k, _ in self.kv.values())
+
+
+@dataclass
+class P2PPlan:
+    """Prompt-to-Prompt settings resolved to tensors (SPEC §4.1, §4.3)."""
+
+    alpha: Tensor                                   # [N+1, 77] word-time weights of the cross-attention edit
+    self_range: tuple[int, int]                     # steps where the target takes the source's self-attention
+    replace: Tensor | None = None                   # Replace mapper [77, 77]
+    refine: tuple[Tensor, Tensor] | None = None     # Refine (mapper, alphas)
+    equalizer: Tensor | None = None                 # Reweight factors [77]
+    blend_words: Tensor | None = None               # [2, 77] 0/1, Local Blend words per prompt
+    substruct_words: Tensor | None = None           # [2, 77] 0/1
+    blend_th: tuple[float, float] = (0.3, 0.3)
+    blend_start: int = 10                           # first step index that blends
+
+
+@dataclass
+class SRPlan:
+    """SR-attn settings (SPEC §4.4)."""
+
+    features: ReferenceFeatures
+    blocks: range
+    steps: range
+    mask_s: Tensor | None         # [H, W] float 0/1 at the working image size, None = all ones
+    target_tokens: list[int] | None  # token positions of the target words for mask_t, None = mask_t all ones
+    thres: float = 0.5
+    interp: str = "bilinear"
+
+
+class EditController(AttentionHook):
+    """P2P edit of the conditional target, the blend-level map store, Local Blend and SR-attn."""
+
+    def __init__(self, p2p: P2PPlan, sr: SRPlan | None, latent_hw: tuple[int, int]):
+        self.p2p, self.sr, self.latent_hw = p2p, sr, latent_hw
+        self.max_self_pixels = (latent_hw[0] // 2) * (latent_hw[1] // 2)  # "≤ 32²" at a 64² latent
+        self.map_sum: Tensor | None = None  # [2, h, w, 77]: cond src/tgt maps, heads averaged, summed over layers+steps
+        self._mask_s: dict[tuple[int, int], Tensor] = {}
+        self._mask_t: dict[tuple[int, int, int], Tensor] = {}
+        self.last_mask_t: Tensor | None = None  # at the latent size, for outputs
+
+    # ---- SR-attn (SPEC §4.4) -----------------------------------------------------------------
+    def sr_active(self, site: AttnSite, step: int | None) -> bool:
+        sr = self.sr
+        return sr is not None and site.kind == "self" and site.block in sr.blocks and step in sr.steps
+
+    def mask_s(self, hw: tuple[int, int]) -> Tensor | None:
+        """mask_s at a layer's H×W (cached per size)."""
+        if self.sr.mask_s is None:
+            return None
+        if hw not in self._mask_s:
+            try:
+                self._mask_s[hw] = resize_mask(self.sr.mask_s, hw, self.sr.interp, self.sr.thres).flatten()
+            except EmptyMaskError as e:
+                raise EmptyMaskError(f"reference mask mask_s is empty at layer size {hw}: {e}") from None
+        return self._mask_s[hw]
+
+    def mask_t(self, step: int, hw: tuple[int, int]) -> Tensor | None:
+        """mask_t at a layer's H×W from the mean of every blend-level target map so far (cached per step and size)."""
+        sr = self.sr
+        if sr.target_tokens is None:
+            return None
+        if (step, *hw) not in self._mask_t:
+            if self.map_sum is None:
+                raise ValueError(f"mask_t at step {step}: no blend-level cross-attention map yet (SR layers must "
+                                 f"come after block {BLEND_BLOCKS[0]} in the first SR step)")
+            try:
+                m = mask_t_from_maps(self.map_sum[1], sr.target_tokens, hw, sr.interp, sr.thres)
+            except ValueError as e:
+                raise type(e)(f"mask_t at step {step}: {e}") from None
+            self._mask_t[(step, *hw)] = m.flatten()
+            if hw == tuple(self.latent_hw):
+                self.last_mask_t = m
+        return self._mask_t[(step, *hw)]
+
+    def replace_output(self, site: AttnSite, step: int | None, q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
+        if not self.sr_active(site, step):
+            return None
+        hw = (site.height, site.width)
+        out = attention(q, k, v, site.heads)  # every element but the conditional target: plain self-attention
+        k_ref, v_ref = self.sr.features.kv[(site.block, step)]
+        t = slice(TGT, TGT + 1)
+        out[t] = sr_attention(q[t], k[t], v[t], k_ref, v_ref, site.heads, self.mask_s(hw), self.mask_t(step, hw))
+        return out
+
+    # ---- Prompt-to-Prompt (SPEC §4.1) ----------------------------------------------------------
+    def self_replace(self, site: AttnSite, step: int | None) -> bool:
+        a, b = self.p2p.self_range
+        return a <= step < b and site.height * site.width <= self.max_self_pixels
+
+    def needs_probs(self, site: AttnSite, step: int | None) -> bool:
+        if site.kind == "cross":
+            return site.block in BLEND_BLOCKS or bool(self.p2p.alpha[step].any())
+        return self.self_replace(site, step)
+
+    def edit_probs(self, site: AttnSite, step: int | None, probs: Tensor) -> Tensor:
+        if site.kind == "self":
+            probs[TGT] = probs[SRC]  # the target takes the source's self-attention
+            return probs
+        p = self.p2p
+        probs[TGT] = edit_cross(probs[SRC], probs[TGT], p.alpha[step].to(probs), p.replace, p.refine, p.equalizer)
+        if site.block in BLEND_BLOCKS:  # stored after the edit (SPEC §4.1)
+            maps = probs[SRC:].float().mean(1).reshape(2, site.height, site.width, -1)
+            self.map_sum = maps if self.map_sum is None else self.map_sum + maps
+        return probs
+
+    # ---- Local Blend (SPEC §4.3), after the DDIM step -------------------------------------------
+    def local_blend(self, step: int, x: Tensor) -> Tensor:
+        """x = [x_src, x_tgt]; returns the pair with x_tgt blended from step blend_start on."""
+        p = self.p2p
+        if p.blend_words is None or step < p.blend_start:
+            return x
+        mask = local_blend_mask(self.map_sum[:, None], p.blend_words, tuple(x.shape[-2:]), p.blend_th, p.substruct_words)
+        return torch.stack([x[0], apply_blend(x[0], x[1], mask.to(x)[0])])

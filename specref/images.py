@@ -1,0 +1,55 @@
+"""Image I/O: reading, the working size, conversions to and from [-1, 1] tensors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+
+def load_image(source: str | Path | Image.Image, what: str = "image") -> Image.Image:
+    """An image file (or PIL image) -> PIL image; unreadable or non-image files get a clear error."""
+    if isinstance(source, Image.Image):
+        return source
+    try:
+        img = Image.open(source)
+        img.load()
+    except FileNotFoundError:
+        raise ValueError(f"{what} file {source} does not exist") from None
+    except (OSError, UnidentifiedImageError) as e:
+        raise ValueError(f"{what} file {source} is not a readable image ({e})") from None
+    return img
+
+
+def working_size(width: int, height: int, long_side: int = 512, multiple: int = 64) -> tuple[int, int]:
+    """(W, H): the long side scaled to `long_side`, both rounded to multiples of `multiple`, aspect kept."""
+    if long_side % multiple or long_side <= 0:
+        raise ValueError(f"working size {long_side} must be a positive multiple of {multiple}")
+    scale = long_side / max(width, height)
+    return (max(multiple, round(width * scale / multiple) * multiple),
+            max(multiple, round(height * scale / multiple) * multiple))
+
+
+def to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """PIL -> [1, 3, H, W] in [-1, 1], resized with an antialiased filter (bicubic, SPEC §3)."""
+    img = img.convert("RGB")
+    if img.size != tuple(size):
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None]
+
+
+def to_pil(x: torch.Tensor, size: tuple[int, int] | None = None) -> Image.Image:
+    """[3, H, W] (or [1,3,H,W]) in [-1, 1] -> PIL, rounded (not truncated, SPEC §3), optionally resized."""
+    x = x.detach().float().cpu().reshape(-1, *x.shape[-2:])
+    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr)
+    return img if size is None or img.size == tuple(size) else img.resize(size, Image.Resampling.BICUBIC)
+
+
+def mask_to_pil(mask: np.ndarray | torch.Tensor, size: tuple[int, int] | None = None) -> Image.Image:
+    """Bool/0-1 mask -> white-on-black L image (nearest-resized to size)."""
+    arr = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
+    img = Image.fromarray((arr > 0.5).astype(np.uint8) * 255, mode="L")
+    return img if size is None else img.resize(size, Image.Resampling.NEAREST)

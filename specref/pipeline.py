@@ -1,0 +1,173 @@
+"""The SpecRef editing pipeline: stage 1 inversion (SPEC §3), stage 2 editing (SPEC §4)."""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import sampling
+from model import StableDiffusion
+
+from .blend import blend_start
+from .config import EditConfig
+from .controller import EditController, P2PPlan, ReferenceFeatures, SRPlan
+from .images import load_image, to_pil, to_tensor, working_size
+from .masks import read_mask
+from .p2p import cross_replace_alpha, refine_mapper, replace_mapper, reweight_equalizer, self_replace_range
+from .words import word_token_indices, word_vector
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class EditResult:
+    """What an edit produces (images at the source's original size)."""
+
+    edit: Image.Image
+    reconstruction: Image.Image
+    mask_s: np.ndarray | None       # [H, W] bool at the working size (None without a reference)
+    mask_t: Tensor | None           # [h, w] bool at the latent size: the last mask_t used (None without SR-attn)
+    latents: dict[str, Tensor]      # source_inverted [N+1,4,h,w], reconstruction_latent, edit_latent [1,4,h,w]
+    config: EditConfig
+    working_size: tuple[int, int]
+    timings: dict[str, float] = field(default_factory=dict)
+    feature_bytes: int = 0          # memory of the kept reference K/V
+
+
+def validate(cfg: EditConfig, sd: StableDiffusion) -> None:
+    """Check settings before any work, with messages that name the problem."""
+    n = cfg.steps
+    if not isinstance(n, int) or not 1 <= n <= 1000:
+        raise ValueError(f"steps must be between 1 and 1000, got {n}")
+    if cfg.guidance < 0 or cfg.inversion_guidance < 0:
+        raise ValueError(f"guidance must be >= 0, got {cfg.guidance} / inversion {cfg.inversion_guidance}")
+    if cfg.mode not in ("replace", "refine"):
+        raise ValueError(f"mode must be 'replace' or 'refine', got {cfg.mode!r}")
+    if cfg.masks not in ("both", "s", "t", "none"):
+        raise ValueError(f"masks must be both, s, t or none, got {cfg.masks!r}")
+    if cfg.interp not in ("nearest", "bilinear"):
+        raise ValueError(f"interp must be nearest or bilinear, got {cfg.interp!r}")
+    s0, s1 = cfg.sr_steps
+    if cfg.use_reference and not 0 <= s0 < s1 <= n:
+        raise ValueError(f"SR steps [{s0}, {s1}) are out of bounds for {n} steps (need 0 <= start < end <= {n})")
+    l0, l1 = cfg.sr_layers
+    if cfg.use_reference and not 0 <= l0 < l1 <= 16:
+        raise ValueError(f"SR layers [{l0}, {l1}) are out of bounds (block indices 0-15, need 0 <= start < end <= 16)")
+    if not 0 < cfg.thres <= 1:
+        raise ValueError(f"mask threshold thres must be in (0, 1], got {cfg.thres}")
+    if cfg.use_reference and cfg.masks in ("both", "t") and not cfg.target_words:
+        raise ValueError("mask_t needs target words (--target-words), or use --masks s|none")
+    if cfg.feature_dtype is not None and cfg.feature_dtype not in DTYPES:
+        raise ValueError(f"feature_dtype must be one of {list(DTYPES)}, got {cfg.feature_dtype!r}")
+    for p in (cfg.source_prompt, cfg.target_prompt, cfg.reference_prompt):
+        if sd.tokenizer.encode(p).truncated:
+            warnings.warn(f"prompt is longer than {sd.tokenizer.max_length} tokens and is truncated as CLIP does: {p!r}")
+
+
+def p2p_plan(cfg: EditConfig, sd: StableDiffusion) -> P2PPlan:
+    """Resolve the P2P settings to tensors (SPEC §4.1, §4.3); bad words raise here, before any work."""
+    tok, src, tgt = sd.tokenizer, cfg.source_prompt, cfg.target_prompt
+    plan = P2PPlan(alpha=cross_replace_alpha(tok, tgt, cfg.steps, cfg.cross_replace_steps),
+                   self_range=self_replace_range(cfg.self_replace_steps, cfg.steps),
+                   blend_th=tuple(cfg.blend_th), blend_start=blend_start(cfg.steps, cfg.start_blend))
+    if cfg.mode == "replace":
+        plan.replace = replace_mapper(tok, src, tgt)
+    else:
+        plan.refine = refine_mapper(tok, src, tgt)
+    if cfg.reweight:
+        plan.equalizer = reweight_equalizer(tok, tgt, [w for w, _ in cfg.reweight], [f for _, f in cfg.reweight])
+    for name in ("blend_words", "substruct_words"):
+        words = getattr(cfg, name)
+        if words is not None:
+            setattr(plan, name, torch.stack([word_vector(tok, src, words[0]), word_vector(tok, tgt, words[1])]))
+    for w in cfg.target_words:
+        word_token_indices(tok, tgt, w)
+    return plan
+
+
+def reference_mask(reference: Image.Image, mask: str | Path | Image.Image | None) -> np.ndarray:
+    """mask_s on the reference: a mask file (white = object) or RGBA alpha; without one, the cutout's non-black pixels."""
+    if mask is None:
+        return read_mask(reference, kind="cutout")
+    m = read_mask(load_image(mask, "reference mask") if not isinstance(mask, Image.Image) else mask)
+    if m.shape != (reference.height, reference.width):
+        raise ValueError(f"reference mask is {m.shape[1]}x{m.shape[0]} but the reference image is "
+                         f"{reference.width}x{reference.height}; they must be the same size")
+    return m
+
+
+@torch.no_grad()
+def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: str | Path | Image.Image | None,
+         config: EditConfig, reference_mask_file: str | Path | Image.Image | None = None,
+         progress: bool = True) -> EditResult:
+    """Edit `source` so that the target words' region becomes the reference object (SPEC §3-§4)."""
+    cfg = config
+    use_ref = cfg.use_reference and reference is not None
+    cfg = cfg.replace(use_reference=use_ref)
+    validate(cfg, sd)
+    plan = p2p_plan(cfg, sd)
+    t0 = time.perf_counter()
+    src_img = load_image(source, "source")
+    size = working_size(src_img.width, src_img.height, cfg.size)
+    images = [to_tensor(src_img, size)]
+    mask_np, sr = None, None
+    n = cfg.steps
+    if use_ref:
+        ref_img = load_image(reference, "reference")
+        mask_np = reference_mask(ref_img, reference_mask_file)
+        mask_np = np.asarray(Image.fromarray(mask_np).resize(size, Image.Resampling.NEAREST))
+        if not mask_np.any():
+            raise ValueError(f"reference mask is empty at the working size {size[0]}x{size[1]}")
+        images.append(to_tensor(ref_img, size))  # same size as the source: they are inverted in one batch
+        feat_dtype = DTYPES[cfg.feature_dtype] if cfg.feature_dtype else None
+        features = ReferenceFeatures(n, range(*cfg.sr_layers), range(*cfg.sr_steps), index=1, dtype=feat_dtype)
+        sr = SRPlan(features, range(*cfg.sr_layers), range(*cfg.sr_steps),
+                    mask_s=torch.from_numpy(mask_np.copy()).float() if cfg.masks in ("both", "s") else None,
+                    target_tokens=sorted({i for w in cfg.target_words for i in word_token_indices(sd.tokenizer, cfg.target_prompt, w)})
+                    if cfg.masks in ("both", "t") else None, thres=cfg.thres, interp=cfg.interp)
+    timings = {}
+
+    # Stage 1 (SPEC §3): encode and invert [src, ref] together, conditional only; keep the reference K/V.
+    img = torch.cat(images).to(sd.device, sd.dtype)
+    z0 = (sd.vae.encode(img).float() * sd.scaling_factor)
+    timings["encode"] = time.perf_counter() - t0
+    ddim = sampling.DDIM(n, config=sd.scheduler_config)
+    prompts = [cfg.source_prompt] + ([cfg.reference_prompt] if use_ref else [])
+    t1 = time.perf_counter()
+    if sr is not None:
+        with sd.unet.hooked(sr.features, blocks=sr.blocks, kinds=("self",)):
+            zs = sampling.invert(sd, z0, prompts, guidance=cfg.inversion_guidance, progress=progress, ddim=ddim)
+    else:
+        zs = sampling.invert(sd, z0, prompts, guidance=cfg.inversion_guidance, progress=progress, ddim=ddim)
+    z_src = zs[:, 0]  # [N+1, 4, h, w]
+    timings["invert"] = time.perf_counter() - t1
+
+    # Stage 2 (SPEC §4): P2P with the reconstruction path; SR-attn in the chosen layers and steps.
+    t2 = time.perf_counter()
+    latent_hw = tuple(z_src.shape[-2:])
+    ctrl = EditController(plan, sr, latent_hw)
+    context = sd.encode_prompts(["", "", cfg.source_prompt, cfg.target_prompt])  # [u, u, c_src, c_tgt]
+    x = torch.stack([z_src[n], z_src[n]])
+    with sd.unet.hooked(ctrl):
+        for i, t in enumerate(tqdm(ddim.timesteps.tolist(), desc="edit", disable=not progress)):
+            x[0] = z_src[n - i]  # reconstruction path follows the inverted trajectory ("FEC-ref")
+            eps = sampling.guided_eps(sd, x, t, context, cfg.guidance, step=i)
+            x = ctrl.local_blend(i, ddim.step(eps, t, x))
+    timings["edit"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    out = sampling.decode(sd, x)
+    timings["decode"] = time.perf_counter() - t3
+    timings["total"] = time.perf_counter() - t0
+    return EditResult(
+        edit=to_pil(out[1], src_img.size), reconstruction=to_pil(out[0], src_img.size),
+        mask_s=mask_np, mask_t=ctrl.last_mask_t if sr is not None and sr.target_tokens is not None else None,
+        latents={"source_inverted": z_src, "reconstruction_latent": x[:1].clone(), "edit_latent": x[1:].clone()},
+        config=cfg, working_size=size, timings=timings, feature_bytes=sr.features.nbytes() if sr else 0)

@@ -1,0 +1,27 @@
+"""SR-attn: the target's self-attention also attends to the reference object's K/V (SPEC §4.4)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from model.attention import attention
+
+
+def log_mask_bias(mask_s: Tensor, dtype: torch.dtype) -> Tensor:
+    """log(mask_s) as an additive score bias [1, 1, 1, Nk]: 0 on object keys, -inf elsewhere."""
+    if not bool(mask_s.any()):
+        raise ValueError("SR-attn: mask_s selects no reference key; every row of the masked softmax would be empty")
+    bias = torch.zeros(mask_s.shape, dtype=dtype, device=mask_s.device).masked_fill(~mask_s.bool(), float("-inf"))
+    return bias.reshape(1, 1, 1, -1)
+
+
+def sr_attention(q: Tensor, k: Tensor, v: Tensor, k_ref: Tensor, v_ref: Tensor, heads: int,
+                 mask_s: Tensor | None, mask_t: Tensor | None, fused: bool = True) -> Tensor:
+    """SPEC §4.4 for one target element: q, k, v [1, N, C]; k_ref, v_ref [1, Nr, C]; masks flat bool or None (= 1)."""
+    out_self = attention(q, k, v, heads, fused=fused)                          # plain self-attention
+    bias = None if mask_s is None else log_mask_bias(mask_s, q.dtype)
+    out_ref = attention(q, k_ref.to(q.dtype), v_ref.to(q.dtype), heads, bias=bias, fused=fused)  # reference-object keys
+    if mask_t is None:
+        return out_ref
+    m = mask_t.to(q.dtype).reshape(1, -1, 1)
+    return m * out_ref + (1 - m) * out_self                                    # per query pixel
