@@ -97,9 +97,14 @@ def reference_mask(reference: Image.Image, mask: str | Path | Image.Image | None
     if mask is None:
         return read_mask(reference, kind="cutout")
     m = read_mask(load_image(mask, "reference mask") if not isinstance(mask, Image.Image) else mask)
-    if m.shape != (reference.height, reference.width):
-        raise ValueError(f"reference mask is {m.shape[1]}x{m.shape[0]} but the reference image is "
-                         f"{reference.width}x{reference.height}; they must be the same size")
+    h, w = m.shape
+    if (h, w) != (reference.height, reference.width):
+        # A mask saved at another resolution of the same picture (e.g. mirror-tiger's 512² mask of a 1280x1284
+        # reference) is resized, as the reference implementation resizes both; another shape is an error.
+        if abs(w / h - reference.width / reference.height) > 0.02 * reference.width / reference.height:
+            raise ValueError(f"reference mask is {w}x{h} but the reference image is {reference.width}x"
+                             f"{reference.height}; they must be the same size (or at least the same aspect)")
+        m = np.asarray(Image.fromarray(m).resize(reference.size, Image.Resampling.NEAREST))
     return m
 
 

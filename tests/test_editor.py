@@ -120,7 +120,10 @@ def test_bad_inputs(tiny_sd, tmp_path):
     with pytest.raises(ValueError, match="mask .* is empty"):
         run(tiny_sd, mask=np.zeros_like(MASK))
     with pytest.raises(ValueError, match="must be the same size"):
-        run(tiny_sd, mask=np.ones((40, 40), bool))
+        run(tiny_sd, mask=np.ones((40, 60), bool))
+    small = np.zeros((48, 48), bool)  # same picture at half the resolution: resized, same result
+    small[12:36, 12:36] = True
+    assert torch.equal(run(tiny_sd, mask=small).latents["edit_latent"], run(tiny_sd).latents["edit_latent"])
     tiny = np.zeros_like(MASK)
     tiny[0, 0] = True  # one pixel of 96²: nothing left at the 8² layers after thresholding
     with pytest.raises(EmptyMaskError, match="mask_s is empty at layer size"):

@@ -194,3 +194,10 @@ def test_load_dtype_and_meta_free(tiny_diffusers_dir):
     for m in (sd.unet, sd.vae, sd.text_encoder):
         assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in m.parameters())
         assert not any(b.is_meta for b in m.buffers())
+
+
+def test_save_folder_round_trip(tiny_sd, tmp_path):
+    from weights.save import save_folder
+
+    again = weights.load_model(save_folder(tiny_sd, tmp_path / "saved"))
+    assert same(outputs(again), outputs(tiny_sd), tol=0)

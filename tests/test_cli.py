@@ -1,0 +1,68 @@
+"""The command line: outputs, run.json, tensors, flag overrides, and no partial output on errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from specref.cli import build_parser, edit_config, main
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(d / "s.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "r.png")
+    m = np.zeros((64, 64), np.uint8)
+    m[16:48, 16:48] = 255
+    Image.fromarray(m).save(d / "m.png")
+    return d
+
+
+def args_for(d, model, out, *extra):
+    return ["edit", "--model", str(model), "--source", str(d / "s.png"), "--reference", str(d / "r.png"),
+            "--reference-mask", str(d / "m.png"), "--preset", "mirror-tiger", "--steps", "5", "--size", "128",
+            "--thres", "0.2", "--out", str(out), "--quiet", *extra]
+
+
+def test_edit_writes_every_output(tiny_diffusers_dir, inputs, tmp_path):
+    out = tmp_path / "o"
+    assert main(args_for(inputs, tiny_diffusers_dir, out, "--save-tensors")) == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"edit.png", "reconstruction.png", "mask_s.png", "mask_t.png", "summary.png", "run.json",
+                     "tensors.safetensors"}
+    assert Image.open(out / "edit.png").size == (120, 90)
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["thres"] == 0.2 and run["settings"]["mode"] == "replace" and run["preset"] == "mirror-tiger"
+    assert len(run["sha256"]["source"]) == 64 and "torch" in run["versions"]
+    t = load_file(out / "tensors.safetensors")
+    assert t["source_inverted"].shape == (6, 4, 16, 16) and t["edit_latent"].shape == (1, 4, 16, 16)
+    assert t["mask_t"].shape == (16, 16) and set(t["mask_t"].unique().tolist()) <= {0.0, 1.0}
+    assert all(v.dtype == torch.float32 for v in t.values())
+
+
+def test_error_leaves_no_output(tiny_diffusers_dir, inputs, tmp_path, capsys):
+    out = tmp_path / "bad"
+    assert main(args_for(inputs, tiny_diffusers_dir, out, "--target-words", "lion")) == 1
+    assert "word 'lion' is not in the prompt" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_flags_override_preset():
+    a = build_parser().parse_args(["edit", "--source", "s", "--reference", "r", "--preset", "dogshirt-bed",
+                                   "--thres", "0.7", "--sr-layers", "12-16", "--blend-words", "board;mattress",
+                                   "--masks", "s", "--steps", "25"])
+    cfg = edit_config(a)
+    assert (cfg.thres, cfg.sr_layers, cfg.blend_words, cfg.masks, cfg.steps) == (
+        0.7, (12, 16), (("board",), ("mattress",)), "s", 25)
+    assert cfg.sr_steps == (4, 25) and cfg.mode == "refine"  # preset's 8-50 of 50 steps scaled to 25
+
+
+def test_preset_list(capsys):
+    assert main(["--preset-list"]) == 0
+    assert capsys.readouterr().out.count("\n") == 8
