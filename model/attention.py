@@ -31,7 +31,7 @@ def merge_heads(x: Tensor) -> Tensor:
 
 def attention_probs(q: Tensor, k: Tensor, bias: Tensor | None = None) -> Tensor:
     """softmax(Q K^T / sqrt(d) + bias) for head-split Q [B,H,Nq,d], K [B,H,Nk,d] -> [B,H,Nq,Nk]."""
-    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * q.shape[-1] ** -0.5
+    scores = torch.einsum("bhqd,bhkd->bhqk", q * q.shape[-1] ** -0.5, k)  # scale Q, not the big score map
     if bias is not None:
         scores = scores + bias
     return scores.softmax(dim=-1)

@@ -87,5 +87,6 @@ def invert(sd, latents: Tensor, prompts: list[str], *, guidance: float = 1.0, st
 @torch.no_grad()
 def decode(sd, latents: Tensor) -> Tensor:
     """Scaled latents -> images [B,3,H,W] in [-1,1], float32 (SPEC §2: x = D(z / 0.18215))."""
-    img = sd.vae.decode((latents / sd.scaling_factor).to(sd.device, sd.dtype))
-    return img.float().clamp(-1, 1)
+    z = (latents / sd.scaling_factor).to(sd.device, sd.dtype)
+    # One image at a time: the full-resolution decoder activations dominate peak memory.
+    return torch.cat([sd.vae.decode(zi[None]).float() for zi in z]).clamp(-1, 1)

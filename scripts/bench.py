@@ -3,7 +3,7 @@
 
     python scripts/bench.py [unet|load|edit|all] [--dtype float32|bfloat16] [--repeat R] [--steps N]
 
-`load` and `edit` run in a fresh subprocess each so that peak RSS (ru_maxrss) belongs to that work alone.
+`load` and `edit` run in a fresh subprocess each so that peak RSS belongs to that work alone.
 """
 from __future__ import annotations
 
@@ -35,20 +35,16 @@ GIB = 2**30
 FULL_STEPS = 50  # the paper's step count, for the extrapolated column
 PRESET = "mirror-tiger"
 SIZE = 512
-MODEL_INDEX = {
-    "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1", "feature_extractor": [None, None],
-    "safety_checker": [None, None], "requires_safety_checker": False, "scheduler": ["diffusers", "DDIMScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-    "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-}
+MODEL_INDEX = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+               "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+               "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+               "vae": ["diffusers", "AutoencoderKL"]}
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process so far, in bytes.
-
-    VmHWM (this address space only) rather than ru_maxrss: the latter keeps the parent's peak across
-    fork/vfork + exec, so a child started by a big parent would report the parent's peak.
-    """
+    """Peak resident set size of this process so far, in bytes."""
+    # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's peak across (v)fork + exec, so a child of a big
+    # parent (here: the one that just built a 4 GiB model) would report the parent's peak.
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -60,8 +56,7 @@ def peak_rss() -> int:
 
 def median_time(fn: Callable[[], torch.Tensor], repeat: int) -> tuple[float, torch.Tensor]:
     """One warm-up call, then the median wall time of `repeat` calls, and the last output."""
-    out = fn()
-    times = []
+    out, times = fn(), []
     for _ in range(repeat):
         t0 = time.perf_counter()
         out = fn()
@@ -110,11 +105,9 @@ def bench_unet(dtype: torch.dtype, repeat: int) -> str:
             ref = ref.eval()
             results["diffusers UNet2DConditionModel"] = median_time(lambda: ref(x, t, ctx).sample, repeat)
     base = results.get("diffusers UNet2DConditionModel")
-    rows = []
-    for name, (sec, out) in results.items():
-        ratio = f"{sec / base[0]:.2f}x" if base else "n/a"
-        diff = f"{(out.float() - base[1].float()).abs().max().item():.1e}" if base else "n/a"
-        rows.append([name, f"{sec:.2f}", ratio, diff])
+    rows = [[name, f"{sec:.2f}", f"{sec / base[0]:.2f}x" if base else "n/a",
+             f"{(out.float() - base[1].float()).abs().max().item():.1e}" if base else "n/a"]
+            for name, (sec, out) in results.items()]
     name = str(dtype).removeprefix("torch.")
     title = f"### UNet forward: SD1.5 size, batch 2, 64x64 latent, {name}, median of {repeat} (after 1 warm-up)\n\n"
     return title + table(["path", "seconds", "vs diffusers", "max abs diff vs diffusers"], rows)
@@ -161,7 +154,6 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int) -> dict:
     """(Fresh process) one edit at 512x512 with random images, then one timing of each model call it makes."""
     base = peak_rss()
     sd = weights.load_model(folder, dtype=dtype)
-    after_load = peak_rss()
     rng = np.random.default_rng(0)
     src, ref = (Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)) for _ in range(2))
     mask = np.zeros((SIZE, SIZE), np.uint8)
@@ -182,8 +174,8 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int) -> dict:
             "text_b4": once(lambda: sd.encode_prompts(["", "", cfg.source_prompt, cfg.target_prompt])),
         }
     return {"wall": wall, "timings": result.timings, "feature_bytes": result.feature_bytes, "calls": calls,
-            "sr_steps": list(result.config.sr_steps), "base": base, "load_delta": after_load - base,
-            "peak_delta": peak - base, "peak": peak, "model_bytes": model_bytes(sd)}
+            "sr_steps": list(result.config.sr_steps), "peak_delta": peak - base, "peak": peak,
+            "model_bytes": model_bytes(sd)}
 
 
 def run_child(mode: str, folder: Path, args: argparse.Namespace) -> dict:
@@ -213,8 +205,7 @@ def bench_edit(folder: Path, args: argparse.Namespace) -> str:
     tm, c = r["timings"], r["calls"]
     fixed_calls = c["vae_encode_b2"] + c["vae_decode_b2"] + c["text_b2"] + c["text_b4"]
     per_step_calls = c["unet_b2"] + c["unet_b4"]  # one inversion call (batch 2) + one edit call (batch 4)
-    loop = tm["invert"] + tm["edit"]
-    scale = FULL_STEPS / n
+    loop, scale = tm["invert"] + tm["edit"], FULL_STEPS / n
     sr_n = r["sr_steps"][1] - r["sr_steps"][0]
     sr_full = (lambda s: s[1] - s[0])(specref.PRESETS[PRESET].config(steps=FULL_STEPS).sr_steps)
     feat_full = r["feature_bytes"] / max(sr_n, 1) * sr_full

@@ -55,6 +55,15 @@ class P2PPlan:
     blend_th: tuple[float, float] = (0.3, 0.3)
     blend_start: int = 10                           # first step index that blends
 
+    def to(self, device: torch.device | str) -> "P2PPlan":
+        """Move every tensor to `device`."""
+        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
+        for f in ("alpha", "replace", "equalizer", "blend_words", "substruct_words"):
+            setattr(self, f, move(getattr(self, f)))
+        if self.refine is not None:
+            self.refine = (move(self.refine[0]), move(self.refine[1]))
+        return self
+
 
 @dataclass
 class SRPlan:
@@ -138,8 +147,9 @@ class EditController(AttentionHook):
         if site.kind == "self":
             probs[TGT] = probs[SRC]  # the target takes the source's self-attention
             return probs
-        p = self.p2p
-        probs[TGT] = edit_cross(probs[SRC], probs[TGT], p.alpha[step].to(probs), p.replace, p.refine, p.equalizer)
+        p = self.p2p  # the edit runs in float32 (as the reference does), whatever the model dtype
+        edited = edit_cross(probs[SRC].float(), probs[TGT].float(), p.alpha[step], p.replace, p.refine, p.equalizer)
+        probs[TGT] = edited.to(probs.dtype)
         if site.block in BLEND_BLOCKS:  # stored after the edit (SPEC §4.1)
             maps = probs[SRC:].float().mean(1).reshape(2, site.height, site.width, -1)
             self.map_sum = maps if self.map_sum is None else self.map_sum + maps

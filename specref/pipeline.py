@@ -134,14 +134,14 @@ def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: str |
         feat_dtype = DTYPES[cfg.feature_dtype] if cfg.feature_dtype else None
         features = ReferenceFeatures(n, range(*cfg.sr_layers), range(*cfg.sr_steps), index=1, dtype=feat_dtype)
         sr = SRPlan(features, range(*cfg.sr_layers), range(*cfg.sr_steps),
-                    mask_s=torch.from_numpy(mask_np.copy()).float() if cfg.masks in ("both", "s") else None,
+                    mask_s=torch.from_numpy(mask_np.copy()).float().to(sd.device) if cfg.masks in ("both", "s") else None,
                     target_tokens=sorted({i for w in cfg.target_words for i in word_token_indices(sd.tokenizer, cfg.target_prompt, w)})
                     if cfg.masks in ("both", "t") else None, thres=cfg.thres, interp=cfg.interp)
     timings = {}
 
     # Stage 1 (SPEC §3): encode and invert [src, ref] together, conditional only; keep the reference K/V.
     img = torch.cat(images).to(sd.device, sd.dtype)
-    z0 = (sd.vae.encode(img).float() * sd.scaling_factor)
+    z0 = torch.cat([sd.vae.encode(im[None]).float() for im in img]) * sd.scaling_factor  # one at a time: memory
     timings["encode"] = time.perf_counter() - t0
     ddim = sampling.DDIM(n, config=sd.scheduler_config)
     prompts = [cfg.source_prompt] + ([cfg.reference_prompt] if use_ref else [])
@@ -157,7 +157,7 @@ def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: str |
     # Stage 2 (SPEC §4): P2P with the reconstruction path; SR-attn in the chosen layers and steps.
     t2 = time.perf_counter()
     latent_hw = tuple(z_src.shape[-2:])
-    ctrl = EditController(plan, sr, latent_hw)
+    ctrl = EditController(plan.to(sd.device), sr, latent_hw)
     context = sd.encode_prompts(["", "", cfg.source_prompt, cfg.target_prompt])  # [u, u, c_src, c_tgt]
     x = torch.stack([z_src[n], z_src[n]])
     with sd.unet.hooked(ctrl):

@@ -155,3 +155,13 @@ def test_presets_resolve_on_their_prompts(tiny_sd):
         plan = p2p_plan(cfg, tiny_sd)
         assert plan.blend_words is not None and plan.blend_words.sum() > 0, name
     assert specref.PRESETS["vase-zhi"].config(steps=10).sr_steps == (9, 10)
+
+
+def test_bfloat16_edit_is_finite(tiny_diffusers_dir):
+    import weights
+
+    sd = weights.load_model(tiny_diffusers_dir, dtype=torch.bfloat16)
+    r = run(sd)
+    assert all(bool(torch.isfinite(v).all()) for v in r.latents.values())
+    assert r.latents["edit_latent"].dtype == torch.float32  # latents and the DDIM update stay fp32
+    assert r.mask_t is not None and r.mask_t.any()
