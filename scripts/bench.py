@@ -150,7 +150,7 @@ def child_load(folder: Path, dtype: torch.dtype) -> dict:
     return {"seconds": sec, "lazy_delta": lazy, "peak_delta": peak_rss() - base, "model_bytes": model_bytes(sd)}
 
 
-def child_edit(folder: Path, dtype: torch.dtype, steps: int) -> dict:
+def child_edit(folder: Path, dtype: torch.dtype, steps: int, feature_dtype: str | None = None) -> dict:
     """(Fresh process) one edit at 512x512 with random images, then one timing of each model call it makes."""
     base = peak_rss()
     sd = weights.load_model(folder, dtype=dtype)
@@ -158,7 +158,7 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int) -> dict:
     src, ref = (Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)) for _ in range(2))
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[SIZE * 5 // 16: SIZE * 11 // 16, SIZE * 5 // 16: SIZE * 11 // 16] = 255  # a centred square
-    cfg = specref.PRESETS[PRESET].config(steps=steps)
+    cfg = specref.PRESETS[PRESET].config(steps=steps, feature_dtype=feature_dtype)
     t0 = time.perf_counter()
     result = specref.edit(sd, src, ref, cfg, reference_mask_file=Image.fromarray(mask, "L"), progress=False)
     wall = time.perf_counter() - t0
@@ -181,7 +181,7 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int) -> dict:
 def run_child(mode: str, folder: Path, args: argparse.Namespace) -> dict:
     """Run a child mode of this script in a fresh interpreter; its last stdout line is a JSON result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), mode, "--folder", str(folder), "--dtype", args.dtype,
-           "--steps", str(args.steps)]
+           "--steps", str(args.steps)] + (["--feature-dtype", args.feature_dtype] if args.feature_dtype else [])
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -237,11 +237,13 @@ def main() -> None:
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model weight dtype")
     p.add_argument("--repeat", type=int, default=3, help="timed UNet runs (median), after one warm-up")
     p.add_argument("--steps", type=int, default=FULL_STEPS, help="edit steps (fewer: extrapolated to 50)")
+    p.add_argument("--feature-dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="dtype of the kept reference K/V in the edit (default: the model's)")
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)  # child modes only
     args = p.parse_args()
     dtype = DTYPES[args.dtype]
     if args.what.startswith("child-"):
-        result = child_load(args.folder, dtype) if args.what == "child-load" else child_edit(args.folder, dtype, args.steps)
+        result = child_load(args.folder, dtype) if args.what == "child-load" else child_edit(args.folder, dtype, args.steps, args.feature_dtype)
         print(json.dumps(result))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}\n", flush=True)
