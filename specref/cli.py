@@ -162,6 +162,13 @@ def summary_image(source: Image.Image, reference: Image.Image | None, mask_s, ma
     return sheet
 
 
+def load(args: argparse.Namespace):
+    """The model named by --model/--dtype/--device."""
+    import weights
+
+    return weights.load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
+
+
 def run_edit(args: argparse.Namespace) -> Path:
     """`edit`: everything is computed first, then written, so a failure leaves no partial output folder."""
     import weights
@@ -172,7 +179,7 @@ def run_edit(args: argparse.Namespace) -> Path:
         raise SystemExit("error: give --reference (or --no-reference for the P2P baseline)")
     src_img = load_image(args.source, "source")
     ref_img = load_image(reference, "reference") if reference else None
-    sd = weights.load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    sd = load(args)
     result = edit(sd, src_img, ref_img, cfg, reference_mask_file=args.reference_mask, progress=not args.quiet)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,9 +199,8 @@ def run_edit(args: argparse.Namespace) -> Path:
             if result.mask_t is not None:
                 t["mask_t"] = result.mask_t.float().contiguous().cpu()
             save_file(t, tmp / "tensors.safetensors")
-        settings = {k: v for k, v in vars(result.config).items()}
         run = {
-            "settings": settings, "preset": args.preset, "model": args.model or str(weights.DEFAULT_MODEL),
+            "settings": vars(result.config), "preset": args.preset, "model": args.model or str(weights.DEFAULT_MODEL),
             "dtype": args.dtype, "device": str(args.device),
             "inputs": {"source": str(args.source), "reference": reference, "reference_mask": args.reference_mask},
             "sha256": {"source": _sha256(args.source), "reference": _sha256(reference),
@@ -223,9 +229,8 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
 
 def run_sample(args: argparse.Namespace) -> None:
     import sampling
-    import weights
 
-    sd = weights.load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    sd = load(args)
     side = sd.unet.config.sample_size * 8
     lat = sampling.sample(sd, args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
                           steps=args.steps, height=args.height or side, width=args.width or side, seed=args.seed,
@@ -236,9 +241,8 @@ def run_sample(args: argparse.Namespace) -> None:
 
 def run_reconstruct(args: argparse.Namespace) -> None:
     import sampling
-    import weights
 
-    sd = weights.load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    sd = load(args)
     img = load_image(args.image, "image")
     size = working_size(img.width, img.height, args.size)
     x = to_tensor(img, size)

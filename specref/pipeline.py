@@ -1,6 +1,7 @@
 """The SpecRef editing pipeline: stage 1 inversion (SPEC §3), stage 2 editing (SPEC §4)."""
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -146,10 +147,8 @@ def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: str |
     ddim = sampling.DDIM(n, config=sd.scheduler_config)
     prompts = [cfg.source_prompt] + ([cfg.reference_prompt] if use_ref else [])
     t1 = time.perf_counter()
-    if sr is not None:
-        with sd.unet.hooked(sr.features, blocks=sr.blocks, kinds=("self",)):
-            zs = sampling.invert(sd, z0, prompts, guidance=cfg.inversion_guidance, progress=progress, ddim=ddim)
-    else:
+    keep = sd.unet.hooked(sr.features, blocks=sr.blocks, kinds=("self",)) if sr else contextlib.nullcontext()
+    with keep:
         zs = sampling.invert(sd, z0, prompts, guidance=cfg.inversion_guidance, progress=progress, ddim=ddim)
     z_src = zs[:, 0]  # [N+1, 4, h, w]
     timings["invert"] = time.perf_counter() - t1
