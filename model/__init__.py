@@ -39,6 +39,11 @@ class StableDiffusion:
     def dtype(self) -> torch.dtype:
         return self.unet.conv_in.weight.dtype
 
+    @property
+    def native_size(self) -> int:
+        """The image side the UNet was trained at: sample_size x the VAE factor (SD v1: 64 x 8 = 512)."""
+        return self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """Prompts -> text-encoder context [B, 77, D] on the model's device and dtype."""

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 Kind = Literal["self", "cross"]
+# Explicit path: scores per query chunk (B * heads * rows * Nk); 512 MiB in float32, plus as much for the softmax.
+# At 1024² (a 128² latent) a whole self-attention map would be 16384² per head: 8 GiB for 8 heads in float32.
+MAX_SCORE_ELEMENTS = 2**27
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -34,22 +37,42 @@ def attention_probs(q: Tensor, k: Tensor, bias: Tensor | None = None) -> Tensor:
     scores = torch.einsum("bhqd,bhkd->bhqk", q * q.shape[-1] ** -0.5, k)  # scale Q, not the big score map
     if bias is not None:
         scores = scores + bias
+    # No float32 upcast for bf16/fp16: torch's softmax kernels already accumulate in float32 (on CPU, bf16 is
+    # bit-equal to float32 math rounded once); the rounding that remains is in the bf16 scores themselves.
     return scores.softmax(dim=-1)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, heads: int, bias: Tensor | None = None,
-              fused: bool = True) -> Tensor:
+              fused: bool = True, max_scores: int = MAX_SCORE_ELEMENTS) -> Tensor:
     """Multi-head attention on unsplit [B, N, C] projections -> [B, Nq, C].
 
     `bias` is added to the scores (broadcast to [B, heads, Nq, Nk]), e.g. a causal mask or log(mask).
-    fused=False computes the probabilities explicitly (same numbers up to rounding).
+    fused=False computes the probabilities explicitly (same numbers up to rounding), at most `max_scores`
+    scores at a time.
     """
     q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
     if fused:
+        # No Nq x Nk map on CPU (torch 2.13), with or without a float [1, 1, 1, Nk] bias: at Nq = Nk = 16384,
+        # 8 heads, d 40 the peak grows by 24 MiB (the map would be 8 GiB in float32).
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     else:
-        out = attention_probs(q, k, bias) @ v
+        out = explicit_attention(q, k, v, bias, max_scores)
     return merge_heads(out)
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None,
+                       max_scores: int = MAX_SCORE_ELEMENTS) -> Tensor:
+    """softmax(Q K^T / sqrt(d) + bias) V on head-split tensors, in query chunks of at most `max_scores` scores.
+
+    Chunking the queries is exact: the softmax normalises each query's row on its own.
+    """
+    b, h, nq, _ = q.shape
+    rows = max(1, max_scores // (b * h * k.shape[2]))
+    if rows >= nq:
+        return attention_probs(q, k, bias) @ v
+    per_query = bias is not None and bias.ndim >= 2 and bias.shape[-2] > 1  # else the bias broadcasts over queries
+    return torch.cat([attention_probs(q[:, :, i:i + rows], k, bias[..., i:i + rows, :] if per_query else bias) @ v
+                      for i in range(0, nq, rows)], dim=2)
 
 
 @dataclass(frozen=True)
@@ -112,6 +135,8 @@ class Attention(nn.Module):
         hook.on_qkv(site, step, q, k, v)
         out = hook.replace_output(site, step, q, k, v)
         if out is None and hook.needs_probs(site, step):
+            # Whole, not chunked: P2P reads probabilities only for cross-attention (77 keys) and for self-attention
+            # at <= (latent/2)² pixels (EditController.max_self_pixels), both bounded by the image size.
             probs = hook.edit_probs(site, step, attention_probs(split_heads(q, self.heads), split_heads(k, self.heads)))
             out = merge_heads(probs.to(v.dtype) @ split_heads(v, self.heads))
         elif out is None:

@@ -97,6 +97,8 @@ class ResnetBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, temb_dim: int, groups: int, eps: float):
         super().__init__()
+        # Norms run in the model dtype, no float32 upcast: torch's GroupNorm/LayerNorm kernels already keep their
+        # statistics in float32 (bf16 on CPU: within 1 ulp of float32 math, also for a mean of 100 at std 1).
         self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_dim, cout) if temb_dim else None

@@ -35,10 +35,14 @@ def _apply(callback: Callback | None, i: int, t: int, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sample(sd, prompt: str | list[str], *, negative_prompt: str | list[str] = "", guidance: float = 7.5,
-           steps: int = 50, height: int = 512, width: int = 512, seed: int = 0,
+           steps: int = 50, height: int | None = None, width: int | None = None, seed: int = 0,
            generator: torch.Generator | None = None, latents: Tensor | None = None,
            callback: Callback | None = None, progress: bool = True, ddim: DDIM | None = None) -> Tensor:
-    """Text-to-image with CFG: returns the final (scaled) latents [B,4,h/8,w/8], float32."""
+    """Text-to-image with CFG: returns the final (scaled) latents [B,4,h/8,w/8], float32.
+
+    height/width default to the model's native size (SD v1: 512).
+    """
+    height, width = height or sd.native_size, width or sd.native_size
     if height % 64 or width % 64 or height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive multiples of 64, got {height}x{width}")
     if guidance < 0:

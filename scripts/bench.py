@@ -1,9 +1,15 @@
 #!/usr/bin/env python
-"""SpecRef benchmarks at SD1.5 size with random weights (no download): UNet speed, load memory, one edit.
+"""SpecRef benchmarks at SD1.5 size with random weights (no download), float32 and bfloat16 side by side.
 
-    python scripts/bench.py [unet|load|edit|all] [--dtype float32|bfloat16] [--repeat R] [--steps N]
+    python scripts/bench.py [unet|vae|load|edit|all] [--dtypes float32,bfloat16] [--repeat R] [--steps N] [--size S]
 
-`load` and `edit` run in a fresh subprocess each so that peak RSS belongs to that work alone.
+unet: UNet forward, batch 2 and 4 at a 64x64 latent: ours (fused and explicit) and diffusers' UNet2DConditionModel
+      with the same weights in the same dtype (when diffusers is installed).
+vae:  our VAE encode and decode of one 512x512 image.
+load, edit: in a fresh subprocess per dtype, so that peak RSS belongs to that work alone.
+--dtype D is short for --dtypes D. --size sets the edit's random source image, S (square) or WxH, e.g. 1024x768
+for the large-image memory check; the working size is its long side. --tiny (hidden) swaps in small widths and
+sizes so that everything runs in seconds: for checking the code paths, not for numbers.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,11 +41,28 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 GIB = 2**30
 FULL_STEPS = 50  # the paper's step count, for the extrapolated column
 PRESET = "mirror-tiger"
-SIZE = 512
 MODEL_INDEX = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
                "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
                "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
                "vae": ["diffusers", "AutoencoderKL"]}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Model widths and input sizes of one benchmark run."""
+
+    unet: UNetConfig
+    vae: VAEConfig
+    text: CLIPTextConfig
+    latent: int  # UNet benchmark latent side
+    image: int   # VAE benchmark image side, and the edit's default source size
+
+
+FULL = Sizes(UNetConfig(), VAEConfig(), CLIPTextConfig(), latent=64, image=512)
+TINY = Sizes(UNetConfig(block_out_channels=(32, 64, 64, 64), cross_attention_dim=64),
+             VAEConfig(block_out_channels=(32, 32, 64, 64)),
+             CLIPTextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1),
+             latent=16, image=128)
 
 
 def peak_rss() -> int:
@@ -82,44 +106,92 @@ def gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
-def bench_unet(dtype: torch.dtype, repeat: int) -> str:
-    """UNet forward, batch 2 at a 64x64 latent: our fused and explicit paths vs diffusers with the same weights."""
-    torch.manual_seed(0)
-    unet = UNet(UNetConfig()).eval().requires_grad_(False).to(dtype)
-    x, ctx = torch.randn(2, 4, 64, 64, dtype=dtype), torch.randn(2, 77, 768, dtype=dtype)
-    t = torch.tensor([500, 500])
-    results: dict[str, tuple[float, torch.Tensor]] = {}
-    with torch.no_grad():
-        results["ours, fused (SDPA)"] = median_time(lambda: unet(x, t, ctx), repeat)
-        unet.set_fused(False)
-        results["ours, explicit softmax"] = median_time(lambda: unet(x, t, ctx), repeat)
-        unet.set_fused(True)
-        try:
-            from diffusers import UNet2DConditionModel
-        except ImportError:
-            print("diffusers is not installed: no reference row", file=sys.stderr)
-        else:
+def speedup(sec: float, sec_fp32: float | None) -> str:
+    """float32 time / this time."""
+    return f"{sec_fp32 / sec:.2f}x" if sec_fp32 else "n/a"
+
+
+def rel_diff(out: torch.Tensor, ref: torch.Tensor | None) -> str:
+    """max |out - ref| / max |ref|."""
+    return "n/a" if ref is None else f"{((out - ref).abs().max() / ref.abs().max()).item():.1e}"
+
+
+FUSED, EXPLICIT, DIFFUSERS = "ours, fused (SDPA)", "ours, explicit softmax", "diffusers UNet2DConditionModel"
+
+
+def bench_unet(dtypes: list[str], repeat: int, sizes: Sizes) -> str:
+    """UNet forward, batch 2 and 4: our fused and explicit paths vs diffusers with the same weights, per dtype."""
+    try:
+        from diffusers import UNet2DConditionModel
+    except ImportError:
+        UNet2DConditionModel = None
+        print("diffusers is not installed: no reference rows", file=sys.stderr)
+    g, n, cdim = torch.Generator().manual_seed(1), sizes.latent, sizes.unet.cross_attention_dim
+    inputs = {b: (torch.randn(b, 4, n, n, generator=g), torch.randn(b, 77, cdim, generator=g)) for b in (2, 4)}
+    results: dict[tuple[str, int, str], tuple[float, torch.Tensor]] = {}  # (path, batch, dtype) -> (s, output)
+    for name in dtypes:
+        dtype = DTYPES[name]
+        torch.manual_seed(0)  # the same weights in every dtype
+        unet = UNet(sizes.unet).eval().requires_grad_(False).to(dtype)
+        ref = None
+        if UNet2DConditionModel is not None:
             with torch.device("meta"):
-                ref = UNet2DConditionModel.from_config(UNetConfig().to_diffusers())
+                ref = UNet2DConditionModel.from_config(sizes.unet.to_diffusers())
             ref.load_state_dict(unet.state_dict(), strict=True, assign=True)  # shares our tensors: same weights
             ref = ref.eval()
-            results["diffusers UNet2DConditionModel"] = median_time(lambda: ref(x, t, ctx).sample, repeat)
-    base = results.get("diffusers UNet2DConditionModel")
-    rows = [[name, f"{sec:.2f}", f"{sec / base[0]:.2f}x" if base else "n/a",
-             f"{(out.float() - base[1].float()).abs().max().item():.1e}" if base else "n/a"]
-            for name, (sec, out) in results.items()]
-    name = str(dtype).removeprefix("torch.")
-    title = f"### UNet forward: SD1.5 size, batch 2, 64x64 latent, {name}, median of {repeat} (after 1 warm-up)\n\n"
-    return title + table(["path", "seconds", "vs diffusers", "max abs diff vs diffusers"], rows)
+        with torch.no_grad():
+            for b, (x, ctx) in inputs.items():
+                x, ctx, t = x.to(dtype), ctx.to(dtype), torch.full((b,), 500)
+                results[(FUSED, b, name)] = median_time(lambda: unet(x, t, ctx), repeat)
+                unet.set_fused(False)
+                results[(EXPLICIT, b, name)] = median_time(lambda: unet(x, t, ctx), repeat)
+                unet.set_fused(True)
+                if ref is not None:
+                    results[(DIFFUSERS, b, name)] = median_time(lambda: ref(x, t, ctx).sample, repeat)
+        del unet, ref
+    results = {key: (sec, out.float()) for key, (sec, out) in results.items()}
+    rows = []
+    for (path, b, name), (sec, out) in results.items():
+        fp32, ours, diff = (results.get(k) for k in ((path, b, "float32"), (FUSED, b, name), (DIFFUSERS, b, name)))
+        rows.append([path, b, name, f"{sec:.2f}", speedup(sec, fp32 and fp32[0]),
+                     f"{sec / diff[0]:.2f}x" if diff else "n/a", f"{(out - ours[1]).abs().max().item():.1e}",
+                     rel_diff(out, fp32 and fp32[1])])
+    rows.sort(key=lambda r: (r[1], [FUSED, EXPLICIT, DIFFUSERS].index(r[0])))  # by batch, then path; dtypes in order
+    title = f"### UNet forward: {n}x{n} latent, median of {repeat} (after 1 warm-up)\n\n"
+    return title + table(["path", "batch", "dtype", "seconds", "speedup vs float32", "time vs diffusers",
+                          "max abs diff vs ours fused", "rel. diff vs float32"], rows)
 
 
-def make_folder(folder: Path) -> int:
-    """Write a random SD1.5-size model (float32, like released checkpoints) as a diffusers folder; file bytes."""
+def bench_vae(dtypes: list[str], repeat: int, sizes: Sizes) -> str:
+    """Our VAE encode and decode of one image, per dtype."""
+    g, n = torch.Generator().manual_seed(2), sizes.image
+    img, z = torch.rand(1, 3, n, n, generator=g) * 2 - 1, torch.randn(1, 4, n // 8, n // 8, generator=g)
+    results: dict[tuple[str, str], tuple[float, torch.Tensor]] = {}
+    for name in dtypes:
+        dtype = DTYPES[name]
+        torch.manual_seed(0)  # the same weights in every dtype
+        vae = VAE(sizes.vae).eval().requires_grad_(False).to(dtype)
+        with torch.no_grad():
+            results[("encode", name)] = median_time(lambda: vae.encode(img.to(dtype)), repeat)
+            results[("decode", name)] = median_time(lambda: vae.decode(z.to(dtype)), repeat)
+        del vae
+    results = {key: (sec, out.float()) for key, (sec, out) in results.items()}
+    rows = []
+    for (call, name), (sec, out) in results.items():
+        fp32 = results.get((call, "float32"))
+        rows.append([call, name, f"{sec:.2f}", speedup(sec, fp32 and fp32[0]), rel_diff(out, fp32 and fp32[1])])
+    rows.sort(key=lambda r: r[0] != "encode")
+    return (f"### VAE (ours): one {n}x{n} image, median of {repeat} (after 1 warm-up)\n\n"
+            + table(["call", "dtype", "seconds", "speedup vs float32", "rel. diff vs float32"], rows))
+
+
+def make_folder(folder: Path, sizes: Sizes) -> int:
+    """Write a random model (float32, like released checkpoints) as a diffusers folder; file bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX))
-    parts = [("unet", lambda: UNet(UNetConfig()), UNetConfig().to_diffusers(), "diffusion_pytorch_model"),
-             ("vae", lambda: VAE(VAEConfig()), VAEConfig().to_diffusers(), "diffusion_pytorch_model"),
-             ("text_encoder", lambda: CLIPTextEncoder(CLIPTextConfig()), CLIPTextConfig().to_transformers(), "model")]
+    parts = [("unet", lambda: UNet(sizes.unet), sizes.unet.to_diffusers(), "diffusion_pytorch_model"),
+             ("vae", lambda: VAE(sizes.vae), sizes.vae.to_diffusers(), "diffusion_pytorch_model"),
+             ("text_encoder", lambda: CLIPTextEncoder(sizes.text), sizes.text.to_transformers(), "model")]
     total = 0
     torch.manual_seed(0)
     for part, build, config, stem in parts:  # one part in memory at a time
@@ -150,111 +222,156 @@ def child_load(folder: Path, dtype: torch.dtype) -> dict:
     return {"seconds": sec, "lazy_delta": lazy, "peak_delta": peak_rss() - base, "model_bytes": model_bytes(sd)}
 
 
-def child_edit(folder: Path, dtype: torch.dtype, steps: int, feature_dtype: str | None = None) -> dict:
-    """(Fresh process) one edit at 512x512 with random images, then one timing of each model call it makes."""
+def parse_size(text: str) -> tuple[int, int]:
+    """"S" -> (S, S); "WxH" -> (W, H)."""
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h or w)
+
+
+def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_dtype: str | None = None) -> dict:
+    """(Fresh process) one edit with random WxH images, then one timing of each model call it makes."""
     base = peak_rss()
     sd = weights.load_model(folder, dtype=dtype)
-    rng = np.random.default_rng(0)
-    src, ref = (Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)) for _ in range(2))
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[SIZE * 5 // 16: SIZE * 11 // 16, SIZE * 5 // 16: SIZE * 11 // 16] = 255  # a centred square
-    cfg = specref.PRESETS[PRESET].config(steps=steps, feature_dtype=feature_dtype)
+    (w, h), rng = parse_size(size), np.random.default_rng(0)
+    src, ref = (Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(2))
+    mask = np.zeros((h, w), np.uint8)
+    mask[h * 5 // 16: h * 11 // 16, w * 5 // 16: w * 11 // 16] = 255  # a centred rectangle
+    cfg = specref.PRESETS[PRESET].config(steps=steps, feature_dtype=feature_dtype, size=max(w, h))
     t0 = time.perf_counter()
     result = specref.edit(sd, src, ref, cfg, reference_mask_file=Image.fromarray(mask, "L"), progress=False)
     wall = time.perf_counter() - t0
     peak = peak_rss()
+    (ww, wh), lat = result.working_size, lambda b: torch.randn(b, 4, result.working_size[1] // 8, ww // 8, dtype=dtype)
     with torch.no_grad():  # plain model calls (no hooks), already warm from the edit
         ctx2, ctx4 = sd.encode_prompts(["a", "b"]), sd.encode_prompts(["", "", "a", "b"])
         calls = {
-            "unet_b2": once(lambda: sd.unet(torch.randn(2, 4, SIZE // 8, SIZE // 8, dtype=dtype), 500, ctx2)),
-            "unet_b4": once(lambda: sd.unet(torch.randn(4, 4, SIZE // 8, SIZE // 8, dtype=dtype), 500, ctx4)),
-            "vae_encode_b2": once(lambda: sd.vae.encode(torch.randn(2, 3, SIZE, SIZE, dtype=dtype))),
-            "vae_decode_b2": once(lambda: sd.vae.decode(torch.randn(2, 4, SIZE // 8, SIZE // 8, dtype=dtype))),
+            "unet_b2": once(lambda: sd.unet(lat(2), 500, ctx2)),
+            "unet_b4": once(lambda: sd.unet(lat(4), 500, ctx4)),
+            "vae_encode_b2": once(lambda: sd.vae.encode(torch.randn(2, 3, wh, ww, dtype=dtype))),
+            "vae_decode_b2": once(lambda: sd.vae.decode(lat(2))),
             "text_b2": once(lambda: sd.encode_prompts([cfg.source_prompt, cfg.reference_prompt])),
             "text_b4": once(lambda: sd.encode_prompts(["", "", cfg.source_prompt, cfg.target_prompt])),
         }
     return {"wall": wall, "timings": result.timings, "feature_bytes": result.feature_bytes, "calls": calls,
             "sr_steps": list(result.config.sr_steps), "peak_delta": peak - base, "peak": peak,
-            "model_bytes": model_bytes(sd)}
+            "model_bytes": model_bytes(sd), "working_size": [ww, wh]}
 
 
-def run_child(mode: str, folder: Path, args: argparse.Namespace) -> dict:
+def run_child(mode: str, folder: Path, args: argparse.Namespace, dtype: str) -> dict:
     """Run a child mode of this script in a fresh interpreter; its last stdout line is a JSON result."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), mode, "--folder", str(folder), "--dtype", args.dtype,
-           "--steps", str(args.steps)] + (["--feature-dtype", args.feature_dtype] if args.feature_dtype else [])
+    cmd = [sys.executable, str(Path(__file__).resolve()), mode, "--folder", str(folder), "--dtype", dtype,
+           "--steps", str(args.steps), "--size", args.size]
+    cmd += ["--feature-dtype", args.feature_dtype] if args.feature_dtype else []
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def bench_load(folder: Path, file_bytes: int, args: argparse.Namespace) -> str:
-    """Peak RSS of weights.load_model in a fresh process, against the weight bytes."""
-    r = run_child("child-load", folder, args)
-    rows = [["weight files (float32 safetensors)", gib(file_bytes)],
-            [f"loaded parameters+buffers ({args.dtype})", gib(r["model_bytes"])],
-            ["load time", f"{r['seconds']:.1f} s"],
-            ["peak RSS growth just after load_model", gib(r["lazy_delta"])],
-            ["peak RSS growth after touching every weight", gib(r["peak_delta"])],
-            ["peak growth / loaded bytes (target <= 1.3x)", f"{r['peak_delta'] / r['model_bytes']:.2f}x"],
-            ["peak growth / file bytes", f"{r['peak_delta'] / file_bytes:.2f}x"]]
-    return "### Load: SD1.5-size diffusers folder, fresh process\n\n" + table(["metric", "value"], rows)
+    """Peak RSS of weights.load_model in a fresh process per dtype, against the weight bytes."""
+    rows = []
+    for name in args.dtypes:
+        r = run_child("child-load", folder, args, name)
+        rows.append([name, f"{r['seconds']:.1f} s", gib(r["model_bytes"]), gib(r["lazy_delta"]), gib(r["peak_delta"]),
+                     f"{r['peak_delta'] / r['model_bytes']:.2f}x", f"{r['peak_delta'] / file_bytes:.2f}x"])
+    return (f"### Load: diffusers folder of float32 safetensors ({gib(file_bytes)}), fresh process per dtype\n\n"
+            + table(["dtype", "load time", "loaded parameters+buffers", "peak RSS growth after load_model",
+                     "... after touching every weight", "growth / loaded bytes (target <= 1.3x)",
+                     "growth / file bytes"], rows))
 
 
-def bench_edit(folder: Path, args: argparse.Namespace) -> str:
-    """One full edit in a fresh process; measured at --steps and extrapolated to 50 steps."""
-    r, n = run_child("child-edit", folder, args), args.steps
-    tm, c = r["timings"], r["calls"]
+def edit_estimate(r: dict, n: int) -> dict:
+    """Extrapolate one --steps edit to 50 steps: invert/edit time, UNet calls and reference K/V scale linearly."""
+    tm, c, scale = r["timings"], r["calls"], FULL_STEPS / n
     fixed_calls = c["vae_encode_b2"] + c["vae_decode_b2"] + c["text_b2"] + c["text_b4"]
     per_step_calls = c["unet_b2"] + c["unet_b4"]  # one inversion call (batch 2) + one edit call (batch 4)
-    loop, scale = tm["invert"] + tm["edit"], FULL_STEPS / n
+    loop = tm["invert"] + tm["edit"]
     sr_n = r["sr_steps"][1] - r["sr_steps"][0]
     sr_full = (lambda s: s[1] - s[0])(specref.PRESETS[PRESET].config(steps=FULL_STEPS).sr_steps)
-    feat_full = r["feature_bytes"] / max(sr_n, 1) * sr_full
-    calls_n, calls_full = fixed_calls + n * per_step_calls, fixed_calls + FULL_STEPS * per_step_calls
-    wall_full = r["wall"] - loop + loop * scale
+    extra_feat = r["feature_bytes"] / max(sr_n, 1) * sr_full - r["feature_bytes"]
+    return {"scale": scale, "sr": (sr_n, sr_full), "feat_full": r["feature_bytes"] + extra_feat,
+            "calls_n": fixed_calls + n * per_step_calls, "calls_full": fixed_calls + FULL_STEPS * per_step_calls,
+            "wall_full": r["wall"] - loop + loop * scale, "peak_delta_full": r["peak_delta"] + extra_feat,
+            "peak_full": r["peak"] + extra_feat}
+
+
+def edit_table(r: dict, n: int, dtype: str) -> str:
+    """The detailed table of one edit run."""
+    e, tm, c = edit_estimate(r, n), r["timings"], r["calls"]
     rows = [["steps", n, FULL_STEPS],
-            ["edit wall time", f"{r['wall']:.1f} s", f"{wall_full:.1f} s"],
-            *[[f"timings[{k!r}]", f"{v:.1f} s", f"{v * scale if k in ('invert', 'edit') else v:.1f} s"]
+            ["edit wall time", f"{r['wall']:.1f} s", f"{e['wall_full']:.1f} s"],
+            *[[f"timings[{k!r}]", f"{v:.1f} s", f"{v * e['scale'] if k in ('invert', 'edit') else v:.1f} s"]
               for k, v in tm.items() if k != "total"],
-            ["model calls alone (UNet + VAE + text)", f"{calls_n:.1f} s", f"{calls_full:.1f} s"],
-            ["edit / model calls (target <= 1.15)", f"{r['wall'] / calls_n:.2f}", f"{wall_full / calls_full:.2f}"],
-            ["feature_bytes (reference K/V)", gib(r["feature_bytes"]), gib(feat_full)],
+            ["model calls alone (UNet + VAE + text)", f"{e['calls_n']:.1f} s", f"{e['calls_full']:.1f} s"],
+            ["edit / model calls (target <= 1.15)", f"{r['wall'] / e['calls_n']:.2f}",
+             f"{e['wall_full'] / e['calls_full']:.2f}"],
+            ["feature_bytes (reference K/V)", gib(r["feature_bytes"]), gib(e["feat_full"])],
             ["loaded model bytes", gib(r["model_bytes"]), gib(r["model_bytes"])],
-            ["peak RSS growth (load + edit)", gib(r["peak_delta"]), gib(r["peak_delta"] + feat_full - r["feature_bytes"])],
-            ["peak RSS (absolute)", gib(r["peak"]), gib(r["peak"] + feat_full - r["feature_bytes"])]]
+            ["peak RSS growth (load + edit)", gib(r["peak_delta"]), gib(e["peak_delta_full"])],
+            ["peak RSS (absolute)", gib(r["peak"]), gib(e["peak_full"])]]
     calls = ", ".join(f"{k} {v:.2f} s" for k, v in c.items())
-    return (f"### Edit: {PRESET} preset, {SIZE}x{SIZE}, {args.dtype}, fresh process\n\n"
+    w, h = r["working_size"]
+    return (f"### Edit: {PRESET} preset, {w}x{h}, {dtype}, fresh process\n\n"
             + table(["metric", f"measured ({n} steps)", f"extrapolated to {FULL_STEPS} steps (estimate)"], rows)
             + f"\n\nOne call each (warm, no hooks): {calls}.\nModel calls = {n}x UNet b2 (inversion) + {n}x UNet b4 "
             "(edit) + VAE encode b2 + decode b2 + text b2 + b4. The extrapolation scales invert/edit time, the UNet "
-            f"calls and feature_bytes (SR steps {sr_n} -> {sr_full}) linearly; peak RSS adds only the extra features.")
+            f"calls and feature_bytes (SR steps {e['sr'][0]} -> {e['sr'][1]}) linearly; peak RSS adds only the "
+            "extra features.")
+
+
+def bench_edit(folder: Path, args: argparse.Namespace) -> str:
+    """One full edit per dtype in a fresh process each: the detailed tables, then the dtypes side by side."""
+    n, runs = args.steps, {name: run_child("child-edit", folder, args, name) for name in args.dtypes}
+    parts, rows = [edit_table(r, n, name) for name, r in runs.items()], []
+    for name, r in runs.items():
+        e, fp32 = edit_estimate(r, n), runs.get("float32")
+        rows.append([name, f"{r['wall']:.1f} s", f"{e['wall_full']:.1f} s", speedup(r["wall"], fp32 and fp32["wall"]),
+                     gib(r["feature_bytes"]), gib(r["peak"]), gib(e["peak_full"])])
+    w, h = runs[args.dtypes[0]]["working_size"]
+    parts.append(f"### Edit by dtype: {PRESET} preset, {w}x{h}, measured at {n} steps\n\n"
+                 + table(["dtype", f"wall ({n} steps)", f"wall ({FULL_STEPS} steps, estimate)", "speedup vs float32",
+                          "reference K/V", f"peak RSS ({n} steps)", f"peak RSS ({FULL_STEPS} steps, estimate)"], rows))
+    return "\n\n".join(parts)
 
 
 def main() -> None:
     """Parse arguments and print the chosen benchmarks' tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["unet", "load", "edit", "all", "child-load", "child-edit"],
-                   metavar="{unet,load,edit,all}")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model weight dtype")
-    p.add_argument("--repeat", type=int, default=3, help="timed UNet runs (median), after one warm-up")
+    p.add_argument("what", nargs="?", default="all",
+                   choices=["unet", "vae", "load", "edit", "all", "child-load", "child-edit"],
+                   metavar="{unet,vae,load,edit,all}")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated model weight dtypes to compare")
+    p.add_argument("--dtype", choices=list(DTYPES), help="one dtype only (short for --dtypes DTYPE)")
+    p.add_argument("--repeat", type=int, default=3, help="timed UNet/VAE runs (median), after one warm-up")
     p.add_argument("--steps", type=int, default=FULL_STEPS, help="edit steps (fewer: extrapolated to 50)")
+    p.add_argument("--size", default=None, help="edit source image size, S or WxH (default 512)")
     p.add_argument("--feature-dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="dtype of the kept reference K/V in the edit (default: the model's)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # small widths: checks the code paths
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)  # child modes only
     args = p.parse_args()
-    dtype = DTYPES[args.dtype]
+    sizes = TINY if args.tiny else FULL
+    args.dtypes = [args.dtype] if args.dtype else [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if unknown := [d for d in args.dtypes if d not in DTYPES]:
+        p.error(f"unknown dtype(s) {unknown}; choose from {list(DTYPES)}")
+    args.size = args.size or str(sizes.image)
     if args.what.startswith("child-"):
-        result = child_load(args.folder, dtype) if args.what == "child-load" else child_edit(args.folder, dtype, args.steps, args.feature_dtype)
+        dtype = DTYPES[args.dtypes[0]]
+        result = (child_load(args.folder, dtype) if args.what == "child-load"
+                  else child_edit(args.folder, dtype, args.steps, args.size, args.feature_dtype))
         print(json.dumps(result))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}\n", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtypes {', '.join(args.dtypes)}"
+          + (" (--tiny: small widths, not SD1.5 numbers)" if args.tiny else "") + "\n", flush=True)
     if args.what in ("unet", "all"):
-        print(bench_unet(dtype, args.repeat) + "\n", flush=True)
+        print(bench_unet(args.dtypes, args.repeat, sizes) + "\n", flush=True)
+    if args.what in ("vae", "all"):
+        print(bench_vae(args.dtypes, args.repeat, sizes) + "\n", flush=True)
     if args.what in ("load", "edit", "all"):
         with tempfile.TemporaryDirectory(prefix="specref-bench-") as tmp:
             t0 = time.perf_counter()
-            file_bytes = make_folder(Path(tmp) / "sd15-random")
-            print(f"(wrote a random SD1.5-size folder, {gib(file_bytes)}, in {time.perf_counter() - t0:.0f} s)\n",
-                  flush=True)
+            file_bytes = make_folder(Path(tmp) / "sd15-random", sizes)
+            print(f"(wrote a random {'tiny' if args.tiny else 'SD1.5-size'} folder, {gib(file_bytes)}, in "
+                  f"{time.perf_counter() - t0:.0f} s)\n", flush=True)
             if args.what in ("load", "all"):
                 print(bench_load(Path(tmp) / "sd15-random", file_bytes, args) + "\n", flush=True)
             if args.what in ("edit", "all"):

@@ -1,82 +1,65 @@
-"""The main job on a fresh machine: a full SpecRef edit end to end, writing out/demo/summary.png.
+"""The main job on a fresh machine: a SpecRef edit with the embedded demo model, writing out/demo/summary.png.
 
-Until the project's trained demo model ships (assets/toy-sd, used automatically when present), this builds a
-*seeded random* model in the SD v1 topology, so the output shows the pipeline running, not a meaningful edit.
-Pass --model to use real SD v1 weights instead (diffusers folder, .safetensors/.ckpt, or a Hub repo id).
+The inputs are the shipped synthetic example (assets/examples/toy-checker: source, reference and mask drawn
+by scripts/toy_scenes.py): "a red circle" becomes "a circle" that takes its colour from the reference object
+(a yellow checkered star), which the target prompt does not name; `--baseline` also runs the Prompt-to-Prompt
+baseline (no reference), which can only follow the words. `--model` runs the same edit on other SD v1 weights (diffusers folder, .safetensors/.ckpt,
+or a Hub repo id); images are then resized to that model's native size.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-import weights  # noqa: E402
-from model import CLIPTextConfig, CLIPTextEncoder, CLIPTokenizer, StableDiffusion, UNet, UNetConfig, VAE, VAEConfig  # noqa: E402
 from specref.cli import main as cli_main  # noqa: E402
+from toy_scenes import Scene, draw  # noqa: E402
+
+EXAMPLE = ROOT / "assets" / "examples" / "toy-checker"
+SOURCE = Scene("circle", "red", "plain", "gray")
+REFERENCE = Scene("star", "yellow", "checkered", "black")
+# The edit, as `python -m specref edit` flags (also written to the example folder as edit.json).
+EDIT = ["--source-prompt", "a red circle on a gray background", "--target-prompt", "a circle on a gray background",
+        "--mode", "refine", "--target-words", "circle", "--blend-words", "red,circle;circle",
+        "--self-replace-steps", "0.4", "--thres", "0.5", "--sr-layers", "10-16"]  # + --sr-steps 10-50, scaled to --steps
 
 
-def random_model(folder: Path, seed: int = 0) -> Path:
-    """A seeded random SD v1-topology model with small widths, saved as a diffusers folder."""
-    from weights.save import save_folder
-
-    torch.manual_seed(seed)
-    unet = UNet(UNetConfig(block_out_channels=(32, 64, 64, 64), cross_attention_dim=64, sample_size=16))
-    vae = VAE(VAEConfig(block_out_channels=(32, 32, 64, 64)))
-    text = CLIPTextEncoder(CLIPTextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                          num_attention_heads=1))
-    return save_folder(StableDiffusion(CLIPTokenizer.bundled(), text, unet, vae), folder)
-
-
-def scene(shape: str, colour: tuple[int, int, int], background: tuple[int, int, int], size: int = 128,
-          checker: bool = False) -> tuple[Image.Image, Image.Image]:
-    """A synthetic scene with one object, and the object's mask."""
-    img = Image.new("RGB", (size, size), background)
-    mask = Image.new("L", (size, size), 0)
-    box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
-    for target, fill in ((img, colour), (mask, 255)):
-        draw = ImageDraw.Draw(target)
-        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=fill)
-    if checker:
-        arr = np.asarray(img).copy()
-        yy, xx = np.mgrid[:size, :size]
-        dark = ((yy // 8 + xx // 8) % 2 == 0) & (np.asarray(mask) > 0)
-        arr[dark] = arr[dark] // 3
-        img = Image.fromarray(arr)
-    return img, mask
-
-
-def main() -> int:
-    """Make the inputs (and a model if none is given), then run `python -m specref edit`."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", default=None)
-    p.add_argument("--out", default=str(ROOT / "out" / "demo"))
-    p.add_argument("--steps", type=int, default=20)
-    args = p.parse_args()
-    work = Path(args.out).parent
-    work.mkdir(parents=True, exist_ok=True)
-    model = args.model
-    if model is None:
-        model = str(weights.DEFAULT_MODEL) if (weights.DEFAULT_MODEL / "model_index.json").exists() else None
-    if model is None:
-        model = str(random_model(work / "random-tiny-sd"))
-        print(f"no trained demo model yet: using a seeded random SD v1-topology model at {model}")
-    source, _ = scene("circle", (220, 40, 40), (40, 60, 200))
-    reference, mask = scene("square", (240, 220, 40), (0, 0, 0), checker=True)
+def write_example(folder: Path = EXAMPLE) -> Path:
+    """Draw the example's source, reference and reference mask with the scene code; write edit.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source, _ = draw(SOURCE)
+    reference, mask = draw(REFERENCE)
     for name, im in (("source.png", source), ("reference.png", reference), ("reference_mask.png", mask)):
-        im.save(work / name)
-    return cli_main([
-        "edit", "--model", model, "--source", str(work / "source.png"), "--reference", str(work / "reference.png"),
-        "--reference-mask", str(work / "reference_mask.png"), "--source-prompt", "a red circle on a blue background",
-        "--target-prompt", "a yellow circle on a blue background", "--mode", "replace", "--target-words", "yellow",
-        "--blend-words", "red,circle;yellow,circle", "--thres", "0.3", "--steps", str(args.steps),
-        "--sr-steps", f"{args.steps // 10}-{args.steps}", "--size", "128", "--out", args.out])
+        im.save(folder / name)
+    (folder / "edit.json").write_text(json.dumps({"source": SOURCE.__dict__, "reference": REFERENCE.__dict__,
+                                                  "flags": EDIT}, indent=1) + "\n")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `python -m specref edit` on the shipped example (and the P2P baseline with --baseline)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="SD v1 weights (default: the embedded demo model, assets/toy-sd)")
+    p.add_argument("--out", default=str(ROOT / "out" / "demo"))
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--baseline", action="store_true", help="also run the P2P baseline into OUT-baseline")
+    p.add_argument("--write-example", action="store_true", help="(re)draw the example inputs, then exit")
+    args = p.parse_args(argv)
+    if args.write_example:
+        print(f"wrote {write_example()}")
+        return 0
+    files = ["--source", str(EXAMPLE / "source.png"), "--reference", str(EXAMPLE / "reference.png"),
+             "--reference-mask", str(EXAMPLE / "reference_mask.png")]
+    sr = f"{round(10 * args.steps / 50)}-{args.steps}"
+    common = ["edit", *files, *EDIT, "--steps", str(args.steps), "--sr-steps", sr] + (["--model", args.model] if args.model else [])
+    rc = cli_main([*common, "--out", args.out])
+    if rc == 0 and args.baseline:
+        rc = cli_main([*common, "--no-reference", "--out", args.out + "-baseline"])
+    return rc
 
 
 if __name__ == "__main__":

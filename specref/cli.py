@@ -75,7 +75,8 @@ HELP = {
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="diffusers folder, LDM .safetensors/.ckpt, or Hub repo id "
                    "(default: the embedded demo model)")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--dtype", default=None, choices=list(DTYPES),
+                   help="model weights dtype (default: float16 on CUDA, float32 on CPU; bfloat16 is faster on recent CPUs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", default="")
     r.add_argument("--steps", type=int, default=50)
     r.add_argument("--guidance", type=float, default=1.0)
-    r.add_argument("--size", type=int, default=512)
+    r.add_argument("--size", type=int, default=None, help="working long side (default: the model's native size)")
     r.add_argument("--out", default="reconstruction")
     return parser
 
@@ -166,6 +167,7 @@ def load(args: argparse.Namespace):
     """The model named by --model/--dtype/--device."""
     import weights
 
+    args.dtype = args.dtype or ("float16" if str(args.device).startswith("cuda") else "float32")
     return weights.load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
 
 
@@ -231,7 +233,7 @@ def run_sample(args: argparse.Namespace) -> None:
     import sampling
 
     sd = load(args)
-    side = sd.unet.config.sample_size * 8
+    side = sd.native_size
     lat = sampling.sample(sd, args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
                           steps=args.steps, height=args.height or side, width=args.width or side, seed=args.seed,
                           progress=not args.quiet)
@@ -244,7 +246,7 @@ def run_reconstruct(args: argparse.Namespace) -> None:
 
     sd = load(args)
     img = load_image(args.image, "image")
-    size = working_size(img.width, img.height, args.size)
+    size = working_size(img.width, img.height, args.size or sd.native_size)
     x = to_tensor(img, size)
     with torch.no_grad():
         z0 = sd.vae.encode(x.to(sd.device, sd.dtype)).float() * sd.scaling_factor

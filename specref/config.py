@@ -33,7 +33,7 @@ class EditConfig:
     steps: int = 50
     guidance: float = 7.5
     inversion_guidance: float = 1.0
-    size: int = 512                                     # working size: long side, a multiple of 64
+    size: int | None = None                             # working long side, a multiple of 64 (None: the model's native size)
     feature_dtype: str | None = None                    # dtype of the kept reference K/V (None: the model's)
 
     def replace(self, **changes) -> "EditConfig":

@@ -121,7 +121,7 @@ def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: str |
     plan = p2p_plan(cfg, sd)
     t0 = time.perf_counter()
     src_img = load_image(source, "source")
-    size = working_size(src_img.width, src_img.height, cfg.size)
+    size = working_size(src_img.width, src_img.height, cfg.size or sd.native_size)
     images = [to_tensor(src_img, size)]
     mask_np, sr = None, None
     n = cfg.steps

@@ -11,6 +11,7 @@ def log_mask_bias(mask_s: Tensor, dtype: torch.dtype) -> Tensor:
     """log(mask_s) as an additive score bias [1, 1, 1, Nk]: 0 on object keys, -inf elsewhere."""
     if not bool(mask_s.any()):
         raise ValueError("SR-attn: mask_s selects no reference key; every row of the masked softmax would be empty")
+    # -inf is exact in bf16/fp16 too, and every row keeps a finite key (checked above): no 0/0 in the softmax.
     bias = torch.zeros(mask_s.shape, dtype=dtype, device=mask_s.device).masked_fill(~mask_s.bool(), float("-inf"))
     return bias.reshape(1, 1, 1, -1)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +63,17 @@ class TensorSource:
     def keys(self) -> list[str]:
         return list(self._st.keys()) if self._st is not None else list(self._dict)
 
-    def get(self, key: str) -> Tensor:
-        return self._st.get_tensor(key) if self._st is not None else self._dict[key]
+    def get(self, key: str, dtype: torch.dtype | None = None) -> Tensor:
+        """The tensor `key`; with `dtype`, a floating-point tensor comes converted to it (others as stored)."""
+        t = self._st.get_tensor(key) if self._st is not None else self._dict[key]
+        if dtype is None or not t.is_floating_point() or t.dtype == dtype:
+            return t  # safetensors: a view of the mapped file, nothing read until it is used
+        if self._st is None:
+            return t.to(dtype)
+        # Convert through a short-lived mapping of its own, so that the file's pages of this tensor are released as
+        # soon as the copy exists; read through self._st they would stay resident (bf16 from fp32: 3x the bf16 bytes).
+        with safe_open(str(self.path), framework="pt", device="cpu") as f:
+            return f.get_tensor(key).to(dtype)
 
     def shape(self, key: str) -> tuple[int, ...]:
         if self._st is not None:
@@ -95,15 +104,17 @@ def load_pickle_checkpoint(path: Path) -> dict[str, Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
-def fill_module(module: nn.Module, tensors: dict[str, Tensor] | Iterable[tuple[str, Tensor]], what: str,
-                dtype: torch.dtype, device: torch.device | str) -> nn.Module:
-    """Assign tensors to a module built on the meta device; every key must match a parameter exactly."""
-    given = dict(tensors)
-    expected = module.state_dict()
+def fill_module(module: nn.Module, src: TensorSource, names: Mapping[str, str], what: str, dtype: torch.dtype,
+                device: torch.device | str, fix: Callable[[str, Tensor], Tensor] | None = None) -> nn.Module:
+    """Fill a module built on the meta device from `src` (module name -> file key), strictly: names and shapes
+    must match the module's parameters and buffers one to one. `fix(name, tensor)` adapts a stored layout."""
+    fix = fix or (lambda name, t: t)
+    given = {n: tuple(fix(n, src.get(k)).shape) for n, k in names.items()}  # zero-copy views: no data read yet
+    expected = {n: tuple(t.shape) for n, t in module.state_dict().items()}
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
-    shapes = [f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sorted(set(given) & set(expected)) if given[k].shape != expected[k].shape]
+    shapes = [f"{k}: checkpoint {given[k]} vs model {expected[k]}"
+              for k in sorted(set(given) & set(expected)) if given[k] != expected[k]]
     if missing or unexpected or shapes:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
@@ -111,7 +122,7 @@ def fill_module(module: nn.Module, tensors: dict[str, Tensor] | Iterable[tuple[s
                 shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
                 parts.append(f"{label}: {shown}")
         raise StrictLoadError(f"{what}: checkpoint and model do not match; " + "; ".join(parts))
-    for k in list(given):
-        given[k] = given[k].to(device=device, dtype=dtype if given[k].is_floating_point() else given[k].dtype)
-    module.load_state_dict(given, strict=True, assign=True)
+    # Checked before any read; then one tensor at a time, so a conversion never holds two copies of the model.
+    state = {n: fix(n, src.get(k, dtype)).to(device) for n, k in names.items()}
+    module.load_state_dict(state, strict=True, assign=True)
     return module.eval().requires_grad_(False)

@@ -21,6 +21,7 @@ WEIGHT_NAMES = {
     "vae": ["diffusion_pytorch_model{v}.safetensors", "diffusion_pytorch_model{v}.bin"],
     "text_encoder": ["model{v}.safetensors", "pytorch_model{v}.bin"],
 }
+POSITION_IDS = ("text_model.embeddings.position_ids", "embeddings.position_ids")  # an arange buffer, not a weight
 SUPPORTED_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "DiffusionPipeline"}
 
 
@@ -45,8 +46,8 @@ def weight_file(part_dir: Path, part: str, variant: str | None) -> Path:
 
 def _load_part(module: nn.Module, path: Path, what: str, dtype, device, rename=lambda k: k) -> nn.Module:
     src = TensorSource(path)
-    return fill_module(module, ((rename(k), src.get(k)) for k in src.keys() if k != "text_model.embeddings.position_ids"
-                                and k != "embeddings.position_ids"), what, dtype, device)
+    names = {rename(k): k for k in src.keys() if k not in POSITION_IDS}
+    return fill_module(module, src, names, what, dtype, device)
 
 
 def text_key(key: str) -> str:

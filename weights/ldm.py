@@ -154,10 +154,10 @@ def load_single_file(path, dtype: torch.dtype = torch.float32, device="cpu", use
                               + ", ".join(unused[:20]) + (f", ... ({len(unused)} in all)" if len(unused) > 20 else ""))
     with torch.device("meta"):
         unet, vae, text = UNet(unet_cfg), VAE(vae_cfg), CLIPTextEncoder(text_cfg)
-    fill_module(unet, ((k, src.get(v)) for k, v in unet_map.items()), "unet", dtype, device)
+    fill_module(unet, src, unet_map, "unet", dtype, device)
     # LDM stores the VAE attention projections as 1x1 convolutions; ours are linear layers.
-    fill_module(vae, ((k, _squeeze_1x1(k, src.get(v))) for k, v in vae_map.items()), "vae", dtype, device)
-    fill_module(text, ((k, src.get(v)) for k, v in text_map.items()), "text_encoder", dtype, device)
+    fill_module(vae, src, vae_map, "vae", dtype, device, fix=_squeeze_1x1)
+    fill_module(text, src, text_map, "text_encoder", dtype, device)
     return StableDiffusion(CLIPTokenizer.bundled(), text, unet, vae, vae_cfg.scaling_factor, None, str(path),
                            {"ema": take_ema})
 

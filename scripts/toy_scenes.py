@@ -1,0 +1,115 @@
+"""Synthetic scenes for the embedded demo model: one textured shape on a plain background, with a caption.
+
+Used by scripts/train_toy.py (training data), scripts/demo.py (the shipped example) and the tests of the
+trained model. Deterministic: a scene is a small dataclass, drawn the same way every time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "star")
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 205, 40),
+           "purple": (140, 60, 190), "orange": (240, 130, 30), "white": (240, 240, 240)}
+TEXTURES = ("plain", "striped", "dotted", "checkered")
+BACKGROUNDS = {"black": (25, 25, 25), "gray": (128, 128, 128), "white": (235, 235, 235), "blue": (50, 70, 150),
+               "green": (50, 120, 60), "brown": (120, 80, 45)}
+SIZE = 128
+PERIOD = 24  # texture period in pixels at 128²: 3 latent pixels, so the 8x VAE can carry it
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One object (shape, colour, texture) at (cx, cy) with radius r, on a plain background; units of SIZE."""
+
+    shape: str
+    colour: str
+    texture: str
+    background: str
+    cx: float = 0.5
+    cy: float = 0.5
+    r: float = 0.25
+
+    def caption(self, colour: bool = True, texture: bool = True, background: bool = True) -> str:
+        """'a red striped circle on a gray background', leaving out the parts switched off (and 'plain')."""
+        words = ([self.colour] if colour else []) + ([self.texture] if texture and self.texture != "plain" else [])
+        words = ["an" if (words + [self.shape])[0][0] in "aeiou" else "a"] + words + [self.shape]
+        if background:
+            words += ["on", "a", self.background, "background"]
+        return " ".join(words)
+
+    def with_(self, **changes: object) -> "Scene":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+def random_scene(rng: np.random.Generator) -> Scene:
+    """A random scene: any shape, colour, texture; a background whose name differs from the object colour."""
+    colour = str(rng.choice(list(COLOURS)))
+    background = str(rng.choice([b for b in BACKGROUNDS if b != colour]))
+    return Scene(str(rng.choice(SHAPES)), colour, str(rng.choice(TEXTURES)), background,
+                 cx=float(rng.uniform(0.38, 0.62)), cy=float(rng.uniform(0.38, 0.62)), r=float(rng.uniform(0.2, 0.3)))
+
+
+def random_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A training caption: each attribute is sometimes left out so shorter prompts are in distribution."""
+    if rng.random() < 0.1:
+        return ""  # unconditional, for classifier-free guidance
+    return scene.caption(colour=rng.random() > 0.15, texture=rng.random() > 0.3, background=rng.random() > 0.25)
+
+
+def _outline(scene: Scene, scale: float) -> tuple[str, list[float]]:
+    cx, cy, r = scene.cx * scale, scene.cy * scale, scene.r * scale
+    if scene.shape == "circle":
+        return "ellipse", [cx - r, cy - r, cx + r, cy + r]
+    if scene.shape == "square":
+        s = r * 0.9
+        return "polygon", [cx - s, cy - s, cx + s, cy - s, cx + s, cy + s, cx - s, cy + s]
+    if scene.shape == "triangle":
+        pts = [(cx + r * math.sin(a), cy - r * math.cos(a) + 0.15 * r) for a in (0, 2 * math.pi / 3, 4 * math.pi / 3)]
+        return "polygon", [c for p in pts for c in p]
+    if scene.shape == "star":
+        pts = [(cx + rr * math.sin(a), cy - rr * math.cos(a) + 0.1 * r)
+               for i in range(10) for a, rr in [(i * math.pi / 5, 1.2 * r if i % 2 == 0 else 0.55 * r)]]
+        return "polygon", [c for p in pts for c in p]
+    raise ValueError(f"unknown shape {scene.shape!r}; choose from {SHAPES}")
+
+
+def _pattern(scene: Scene, n: int) -> np.ndarray:
+    """Where the texture's second colour goes, [n, n] bool (n = drawing size); aligned to the object centre."""
+    yy, xx = np.mgrid[:n, :n] / n * SIZE  # in 128² pixel units
+    yy, xx = yy - scene.cy * SIZE + PERIOD / 4, xx - scene.cx * SIZE + PERIOD / 4
+    texture = scene.texture
+    if texture == "plain":
+        return np.zeros((n, n), bool)
+    if texture == "striped":
+        return (yy // (PERIOD / 2)) % 2 == 1
+    if texture == "checkered":
+        return ((yy // (PERIOD / 2)) + (xx // (PERIOD / 2))) % 2 == 1
+    if texture == "dotted":
+        dy, dx = ((yy + PERIOD / 4) % PERIOD) - PERIOD / 2, ((xx + PERIOD / 4) % PERIOD) - PERIOD / 2
+        return dy * dy + dx * dx < (PERIOD * 0.27) ** 2
+    raise ValueError(f"unknown texture {texture!r}; choose from {TEXTURES}")
+
+
+def draw(scene: Scene, size: int = SIZE) -> tuple[Image.Image, Image.Image]:
+    """(RGB image, L mask with 255 = object), drawn at 2x and reduced, so edges are antialiased."""
+    n = size * 2
+    kind, coords = _outline(scene, n)
+    mask = Image.new("L", (n, n), 0)
+    getattr(ImageDraw.Draw(mask), kind)(coords, fill=255)
+    colour = np.array(COLOURS[scene.colour], np.float32)
+    second = colour * 0.3 if scene.colour != "black" else np.full(3, 200, np.float32)  # darker pattern colour
+    obj = np.where(_pattern(scene, n)[..., None], second, colour)
+    m = np.asarray(mask, np.float32)[..., None] / 255
+    arr = m * obj + (1 - m) * np.array(BACKGROUNDS[scene.background], np.float32)
+    img = Image.fromarray(arr.round().astype(np.uint8)).resize((size, size), Image.Resampling.BOX)
+    return img, mask.resize((size, size), Image.Resampling.BOX).point(lambda v: 255 if v >= 128 else 0)
+
+
+def batch(scenes: list[Scene], size: int = SIZE) -> np.ndarray:
+    """Scenes -> uint8 [B, 3, size, size]."""
+    return np.stack([np.asarray(draw(s, size)[0]).transpose(2, 0, 1) for s in scenes])
