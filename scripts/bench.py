@@ -31,20 +31,16 @@ sys.path.insert(0, str(ROOT))  # the project is not installed as a package
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 import specref  # noqa: E402
 import weights  # noqa: E402
+from weights.save import MODEL_INDEX, save_part  # noqa: E402
 from model import VAE, CLIPTextConfig, CLIPTextEncoder, UNet, UNetConfig, VAEConfig  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 GIB = 2**30
 FULL_STEPS = 50  # the paper's step count, for the extrapolated column
 PRESET = "mirror-tiger"
-MODEL_INDEX = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
-               "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-               "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
-               "vae": ["diffusers", "AutoencoderKL"]}
 
 
 @dataclass(frozen=True)
@@ -189,18 +185,11 @@ def make_folder(folder: Path, sizes: Sizes) -> int:
     """Write a random model (float32, like released checkpoints) as a diffusers folder; file bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX))
-    parts = [("unet", lambda: UNet(sizes.unet), sizes.unet.to_diffusers(), "diffusion_pytorch_model"),
-             ("vae", lambda: VAE(sizes.vae), sizes.vae.to_diffusers(), "diffusion_pytorch_model"),
-             ("text_encoder", lambda: CLIPTextEncoder(sizes.text), sizes.text.to_transformers(), "model")]
-    total = 0
+    parts = [("unet", lambda: UNet(sizes.unet), sizes.unet.to_diffusers()),
+             ("vae", lambda: VAE(sizes.vae), sizes.vae.to_diffusers()),
+             ("text_encoder", lambda: CLIPTextEncoder(sizes.text), sizes.text.to_transformers())]
     torch.manual_seed(0)
-    for part, build, config, stem in parts:  # one part in memory at a time
-        (folder / part).mkdir(exist_ok=True)
-        (folder / part / "config.json").write_text(json.dumps(config))
-        path = folder / part / f"{stem}.safetensors"
-        save_file({k: v.contiguous() for k, v in build().state_dict().items()}, str(path))
-        total += path.stat().st_size
-    return total
+    return sum(save_part(build(), config, folder, part) for part, build, config in parts)  # one part at a time
 
 
 def model_bytes(sd: object) -> int:
