@@ -89,6 +89,23 @@ def invert(sd, latents: Tensor, prompts: list[str], *, guidance: float = 1.0, st
 
 
 @torch.no_grad()
+def reconstruct(sd, latents: Tensor, prompt: str, *, guidance: float = 1.0, steps: int = 50,
+                progress: bool = True) -> Tensor:
+    """Invert `latents` [1,4,h,w] with `prompt`, then regenerate from the last one: the final latents."""
+    ddim = DDIM(steps, config=sd.scheduler_config)
+    zs = invert(sd, latents, [prompt], guidance=guidance, ddim=ddim, progress=progress)
+    return sample(sd, prompt, guidance=guidance, latents=zs[-1], ddim=ddim, progress=progress)
+
+
+@torch.no_grad()
+def encode(sd, images: Tensor) -> Tensor:
+    """Images [B,3,H,W] in [-1,1] -> scaled latents, float32 (SPEC §2: z = 0.18215 * E(x).mean)."""
+    x = images.to(sd.device, sd.dtype)
+    # One image at a time, as decode: the full-resolution encoder activations dominate peak memory.
+    return torch.cat([sd.vae.encode(xi[None]).float() for xi in x]) * sd.scaling_factor
+
+
+@torch.no_grad()
 def decode(sd, latents: Tensor) -> Tensor:
     """Scaled latents -> images [B,3,H,W] in [-1,1], float32 (SPEC §2: x = D(z / 0.18215))."""
     z = (latents / sd.scaling_factor).to(sd.device, sd.dtype)

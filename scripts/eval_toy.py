@@ -29,7 +29,7 @@ import sampling  # noqa: E402
 import specref  # noqa: E402
 import weights  # noqa: E402
 from model import StableDiffusion  # noqa: E402
-from specref.images import to_pil, to_tensor  # noqa: E402
+from specref.images import psnr, to_pil, to_tensor  # noqa: E402
 from toy_scenes import BACKGROUNDS, COLOURS, SHAPES, Scene, draw  # noqa: E402
 
 EXAMPLE = ROOT / "assets" / "examples" / "toy-checker"
@@ -40,13 +40,6 @@ EXAMPLE = ROOT / "assets" / "examples" / "toy-checker"
 def arr(img: Image.Image) -> np.ndarray:
     """PIL -> float [H, W, 3] in 0..255."""
     return np.asarray(img.convert("RGB"), np.float64)
-
-
-def psnr(a: Image.Image, b: Image.Image, where: np.ndarray | None = None) -> float:
-    """PSNR in dB between two same-size images, optionally only over the pixels where `where` is True."""
-    d = (arr(a) - arr(b)) ** 2
-    mse = d[where].mean() if where is not None else d.mean()
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
 def dilate(mask: np.ndarray, px: int) -> np.ndarray:
@@ -100,8 +93,7 @@ def read_scene(img: Image.Image) -> Reading:
                              a[:, -4:].reshape(-1, 3)])
     bg = np.median(border, axis=0)
     obj = np.sqrt(((a - bg) ** 2).sum(-1)) > 60
-    obj = np.asarray(Image.fromarray(obj.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(9))
-                     .filter(ImageFilter.MinFilter(9))) > 127  # close the gaps a texture leaves
+    obj = erode(dilate(obj, 4), 4)  # close the gaps a texture leaves
     if obj.sum() < 50:
         return Reading("none", "none", False, nearest(bg, BACKGROUNDS))
     ys, xs = np.nonzero(obj)
@@ -148,13 +140,8 @@ def text_to_image(sd: StableDiffusion, scenes: list[Scene], seeds: int = 2, step
 def reconstruction_psnr(sd: StableDiffusion, scene: Scene, steps: int = 50) -> tuple[float, float]:
     """(PSNR of invert-then-regenerate, PSNR of the VAE alone) for one scene, with its caption as prompt."""
     src = draw(scene, sd.native_size)[0]
-    x = to_tensor(src, src.size).to(sd.device, sd.dtype)
-    with torch.no_grad():
-        z0 = sd.vae.encode(x).float() * sd.scaling_factor
-    ddim = sampling.DDIM(steps, config=sd.scheduler_config)
-    zs = sampling.invert(sd, z0, [scene.caption()], ddim=ddim, progress=False)
-    lat = sampling.sample(sd, scene.caption(), guidance=1.0, latents=zs[-1], ddim=ddim, progress=False,
-                          height=src.height, width=src.width)
+    z0 = sampling.encode(sd, to_tensor(src, src.size))
+    lat = sampling.reconstruct(sd, z0, scene.caption(), steps=steps, progress=False)
     return psnr(to_pil(sampling.decode(sd, lat)[0]), src), psnr(to_pil(sampling.decode(sd, z0)[0]), src)
 
 

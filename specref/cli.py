@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import platform
 import shutil
 import sys
@@ -16,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .config import PRESETS, EditConfig
-from .images import load_image, mask_to_pil, to_pil, to_tensor, working_size
+from .images import load_image, mask_to_pil, psnr, to_pil, to_tensor, working_size
 from .pipeline import DTYPES, EditResult, edit
 
 
@@ -222,20 +221,12 @@ def run_edit(args: argparse.Namespace) -> Path:
     return out
 
 
-def psnr(a: Image.Image, b: Image.Image) -> float:
-    """PSNR in dB between two same-size 8-bit images."""
-    x, y = (np.asarray(i.convert("RGB"), dtype=np.float64) for i in (a, b))
-    mse = float(((x - y) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
 def run_sample(args: argparse.Namespace) -> None:
     import sampling
 
     sd = load(args)
-    side = sd.native_size
     lat = sampling.sample(sd, args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
-                          steps=args.steps, height=args.height or side, width=args.width or side, seed=args.seed,
+                          steps=args.steps, height=args.height, width=args.width, seed=args.seed,
                           progress=not args.quiet)
     to_pil(sampling.decode(sd, lat)[0]).save(args.out)
     print(f"wrote {args.out}")
@@ -248,12 +239,8 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     img = load_image(args.image, "image")
     size = working_size(img.width, img.height, args.size or sd.native_size)
     x = to_tensor(img, size)
-    with torch.no_grad():
-        z0 = sd.vae.encode(x.to(sd.device, sd.dtype)).float() * sd.scaling_factor
-    ddim = sampling.DDIM(args.steps, config=sd.scheduler_config)
-    zs = sampling.invert(sd, z0, [args.prompt], guidance=args.guidance, ddim=ddim, progress=not args.quiet)
-    lat = sampling.sample(sd, args.prompt, guidance=args.guidance, latents=zs[-1], ddim=ddim,
-                          height=size[1], width=size[0], progress=not args.quiet)
+    z0 = sampling.encode(sd, x)
+    lat = sampling.reconstruct(sd, z0, args.prompt, guidance=args.guidance, steps=args.steps, progress=not args.quiet)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     source, recon = to_pil(x[0]), to_pil(sampling.decode(sd, lat)[0])

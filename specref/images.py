@@ -1,6 +1,7 @@
 """Image I/O: reading, the working size, conversions to and from [-1, 1] tensors."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,14 @@ def to_pil(x: torch.Tensor, size: tuple[int, int] | None = None) -> Image.Image:
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     img = Image.fromarray(arr)
     return img if size is None or img.size == tuple(size) else img.resize(size, Image.Resampling.BICUBIC)
+
+
+def psnr(a: Image.Image, b: Image.Image, where: np.ndarray | None = None) -> float:
+    """PSNR in dB between two same-size 8-bit images (inf if equal), optionally only where `where` is True."""
+    x, y = (np.asarray(i.convert("RGB"), dtype=np.float64) for i in (a, b))
+    d = (x - y) ** 2
+    mse = float((d[where] if where is not None else d).mean())
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def mask_to_pil(mask: np.ndarray | torch.Tensor, size: tuple[int, int] | None = None) -> Image.Image:

@@ -141,8 +141,7 @@ def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: str |
     timings = {}
 
     # Stage 1 (SPEC §3): encode and invert [src, ref] together, conditional only; keep the reference K/V.
-    img = torch.cat(images).to(sd.device, sd.dtype)
-    z0 = torch.cat([sd.vae.encode(im[None]).float() for im in img]) * sd.scaling_factor  # one at a time: memory
+    z0 = sampling.encode(sd, torch.cat(images))
     timings["encode"] = time.perf_counter() - t0
     ddim = sampling.DDIM(n, config=sd.scheduler_config)
     prompts = [cfg.source_prompt] + ([cfg.reference_prompt] if use_ref else [])

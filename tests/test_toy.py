@@ -63,6 +63,16 @@ def test_demo_runs_the_example_edit(tmp_path):
         assert (tmp_path / out / "summary.png").is_file() and Image.open(tmp_path / out / "edit.png").size == (128, 128)
 
 
+def test_cli_sample_and_reconstruct_use_the_native_size(tmp_path, capsys):
+    from specref.cli import main
+    assert main(["sample", "--prompt", "a red circle", "--steps", "3", "--out", str(tmp_path / "s.png"), "--quiet"]) == 0
+    assert Image.open(tmp_path / "s.png").size == (128, 128)
+    assert main(["reconstruct", "--image", str(demo.EXAMPLE / "source.png"), "--prompt", "a red circle on a gray "
+                 "background", "--steps", "20", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    db = float(capsys.readouterr().out.split("PSNR reconstruction vs source: ")[1].split(" dB")[0])
+    assert db >= 25.0 and Image.open(tmp_path / "r" / "reconstruction.png").size == (128, 128)
+
+
 def test_text_to_image_follows_colour_words(toy):
     # Measured (scripts/eval_toy.py, 8 prompts x 2 seeds): colour 0.44, shape 0.38, texture 0.56; red, blue,
     # green, purple and white prompts give objects of that colour. Shapes and backgrounds are weak (model card).
