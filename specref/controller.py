@@ -17,7 +17,7 @@ from .masks import EmptyMaskError, mask_t_from_maps, resize_mask
 from .p2p import edit_cross
 from .srattn import sr_attention
 
-SRC, TGT = 2, 3  # conditional source / target in the edit batch
+SRC, TGT = 2, 3  # conditional source / target in the edit batch (TGT is the last element)
 BLEND_BLOCKS = (4, 5, 7, 8, 9)  # SPEC §4.3: the latent/4-level cross-attention layers (16² at 512²)
 
 
@@ -127,11 +127,11 @@ class EditController(AttentionHook):
         if not self.sr_active(site, step):
             return None
         hw = (site.height, site.width)
-        out = attention(q, k, v, site.heads)  # every element but the conditional target: plain self-attention
         k_ref, v_ref = self.sr.features.kv[(site.block, step)]
         t = slice(TGT, TGT + 1)
-        out[t] = sr_attention(q[t], k[t], v[t], k_ref, v_ref, site.heads, self.mask_s(hw), self.mask_t(step, hw))
-        return out
+        target = sr_attention(q[t], k[t], v[t], k_ref, v_ref, site.heads, self.mask_s(hw), self.mask_t(step, hw))
+        others = attention(q[:TGT], k[:TGT], v[:TGT], site.heads)  # the rest: plain self-attention (TGT is last)
+        return torch.cat([others, target])
 
     # ---- Prompt-to-Prompt (SPEC §4.1) ----------------------------------------------------------
     def self_replace(self, site: AttnSite, step: int | None) -> bool:
