@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 Kind = Literal["self", "cross"]
-# SPEC §5 (do not materialise every map). Explicit path: scores per query chunk (B * heads * rows * Nk); 512 MiB in float32, plus as much for the softmax.
+# SPEC §5: do not materialise every map. Explicit path: scores per query chunk (B * heads * rows * Nk);
+# 512 MiB in float32, plus as much for the softmax.
 # At 1024² (a 128² latent) a whole self-attention map would be 16384² per head: 8 GiB for 8 heads in float32.
 MAX_SCORE_ELEMENTS = 2**27
 
