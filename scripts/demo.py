@@ -1,10 +1,11 @@
 """The main job on a fresh machine: a SpecRef edit with the embedded demo model, writing out/demo/summary.png.
 
 The inputs are the shipped synthetic example (assets/examples/toy-checker: source, reference and mask drawn
-by scripts/toy_scenes.py): "a red circle" becomes "a circle" that takes its colour from the reference object
-(a yellow checkered star), which the target prompt does not name; `--baseline` also runs the Prompt-to-Prompt
-baseline (no reference), which can only follow the words. `--model` runs the same edit on other SD v1 weights (diffusers folder, .safetensors/.ckpt,
-or a Hub repo id); images are then resized to that model's native size.
+by scripts/toy_scenes.py): "a red circle" becomes "a circle" that takes its checker pattern from the reference
+object (a yellow checkered star), which no prompt names; `--baseline` also runs the Prompt-to-Prompt baseline
+(no reference), which can only follow the words (a plain blob). `--model` runs the same edit on other SD v1
+weights (diffusers folder, .safetensors/.ckpt, or a Hub repo id); images are then resized to that model's
+native size.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ REFERENCE = Scene("star", "yellow", "checkered", "black")
 # The edit, as `python -m specref edit` flags (also written to the example folder as edit.json).
 EDIT = ["--source-prompt", "a red circle on a gray background", "--target-prompt", "a circle on a gray background",
         "--mode", "refine", "--target-words", "circle", "--blend-words", "red,circle;circle",
-        "--self-replace-steps", "0.4", "--thres", "0.5", "--sr-layers", "10-16"]  # + --sr-steps 10-50, scaled to --steps
+        "--self-replace-steps", "0.4", "--thres", "0.6", "--sr-layers", "10-16"]  # + --sr-steps 10-50, scaled to --steps
 
 
 def write_example(folder: Path = EXAMPLE) -> Path:

@@ -71,6 +71,13 @@ def texture_energy(img: Image.Image, where: np.ndarray) -> float:
     return float(lum[where].std())
 
 
+def pattern_fraction(img: Image.Image, where: np.ndarray) -> float:
+    """Fraction of the pixels where `where` is True that are in a texture's dark colour: luminance below half
+    of the region's bright level (90th percentile). A checker is ~0.5; a plain object, or one on gray, ~0."""
+    lum = (arr(img) @ np.array([0.299, 0.587, 0.114]))[where]
+    return float((lum < 0.5 * np.percentile(lum, 90)).mean())
+
+
 def nearest(colour: np.ndarray, table: dict[str, tuple[int, int, int]]) -> str:
     """The name in `table` of the colour nearest to `colour` (RGB)."""
     return min(table, key=lambda k: float(((np.array(table[k]) - colour) ** 2).sum()))
@@ -107,10 +114,15 @@ def read_scene(img: Image.Image) -> Reading:
         return best
 
     inner = erode(obj, 3) if erode(obj, 3).sum() > 20 else obj
-    pix = a[inner]
+    return Reading(object_colour(img, inner), max(SHAPES, key=iou), texture_energy(img, inner) > 25,
+                   nearest(bg, BACKGROUNDS))
+
+
+def object_colour(img: Image.Image, where: np.ndarray) -> str:
+    """The named colour (toy_scenes.COLOURS) of the brighter half of the pixels where `where` is True."""
+    pix = arr(img)[where]
     bright = pix[pix.sum(-1) >= np.median(pix.sum(-1))]  # a texture's second colour is the darker one
-    return Reading(nearest(np.median(bright, axis=0), COLOURS), max(SHAPES, key=iou),
-                   texture_energy(img, inner) > 25, nearest(bg, BACKGROUNDS))
+    return nearest(np.median(bright, axis=0), COLOURS)
 
 
 # --- model-level measurements ----------------------------------------------------------------------------------
@@ -122,13 +134,18 @@ def sample_image(sd: StableDiffusion, prompt: str, seed: int = 0, steps: int = 3
 
 
 def text_to_image(sd: StableDiffusion, scenes: list[Scene], seeds: int = 2, steps: int = 30,
-                  guidance: float = 5.0) -> dict[str, float]:
-    """Fraction of samples whose colour, shape, texture (plain vs not), background match the prompt."""
+                  guidance: float = 5.0, images: list[Image.Image] | None = None) -> dict[str, float]:
+    """Fraction of samples whose colour, shape, texture (plain vs not), background match the prompt.
+
+    The samples are appended to `images` when given (scene-major, then seed)."""
     hits = {"colour": 0, "shape": 0, "texture": 0, "background": 0}
     n = 0
     for scene in scenes:
         for seed in range(seeds):
-            got = read_scene(sample_image(sd, scene.caption(), seed, steps, guidance))
+            img = sample_image(sd, scene.caption(), seed, steps, guidance)
+            got = read_scene(img)
+            if images is not None:
+                images.append(img)
             hits["colour"] += got.colour == scene.colour
             hits["shape"] += got.shape == scene.shape
             hits["texture"] += got.textured == (scene.texture != "plain")
@@ -145,13 +162,19 @@ def reconstruction_psnr(sd: StableDiffusion, scene: Scene, steps: int = 50) -> t
     return psnr(to_pil(sampling.decode(sd, lat)[0]), src), psnr(to_pil(sampling.decode(sd, z0)[0]), src)
 
 
-def example_config(steps: int = 50, **changes: object) -> specref.EditConfig:
-    """The shipped example's edit (scripts/demo.py's flags) as an EditConfig."""
+# A prompt-only Prompt-to-Prompt edit of the example's source (no reference): the object's colour word changes.
+COLOUR_EDIT = ["--source-prompt", "a red circle on a gray background", "--target-prompt",
+               "a blue circle on a gray background", "--mode", "refine", "--blend-words", "red;blue",
+               "--self-replace-steps", "0.4"]
+
+
+def example_config(steps: int = 50, flags: list[str] | None = None, **changes: object) -> specref.EditConfig:
+    """The shipped example's edit (scripts/demo.py's flags, or `flags`) as an EditConfig."""
     from demo import EDIT
 
     from specref.cli import build_parser, edit_config
-    args = build_parser().parse_args(["edit", "--source", "s", "--reference", "r", *EDIT, "--steps", str(steps),
-                                      "--sr-steps", f"{round(10 * steps / 50)}-{steps}"])
+    args = build_parser().parse_args(["edit", "--source", "s", "--reference", "r", *(flags or EDIT),
+                                      "--steps", str(steps), "--sr-steps", f"{round(10 * steps / 50)}-{steps}"])
     return edit_config(args).replace(**changes)
 
 
@@ -172,12 +195,30 @@ def edit_metrics(res: specref.EditResult) -> dict[str, float]:
             "hist_to_reference": hist_distance(h_edit, h_ref),
             "hist_to_source": hist_distance(h_edit, colour_hist(src, inside)),
             "texture_edit": texture_energy(res.edit, inside), "texture_reference": texture_energy(ref, ref_in),
-            "texture_source": texture_energy(src, inside)}
+            "pattern_edit": pattern_fraction(res.edit, inside), "pattern_reference": pattern_fraction(ref, ref_in),
+            "pattern_source": pattern_fraction(src, inside)}
 
 
-def agreement(a: specref.EditResult, b: specref.EditResult) -> tuple[float, float]:
-    """(PSNR between the two edits, fraction of mask_t pixels that agree)."""
-    return psnr(a.edit, b.edit), float((a.mask_t == b.mask_t).float().mean())
+def colour_edit_metrics(res: specref.EditResult) -> dict[str, float | str]:
+    """The red -> blue circle edit (COLOUR_EDIT) measured: the region's named colour, its colour histogram's
+    distance to a drawn blue circle and to the red source, and the background PSNR."""
+    from demo import SOURCE
+    src = Image.open(EXAMPLE / "source.png")
+    obj = np.asarray(draw(SOURCE, src.width)[1]) > 127
+    inside = erode(obj, 3)
+    h_edit = colour_hist(res.edit, inside)
+    return {"colour": object_colour(res.edit, inside), "background_psnr": psnr(res.edit, src, ~dilate(obj, 8)),
+            "hist_to_blue": hist_distance(h_edit, colour_hist(draw(SOURCE.with_(colour="blue"), src.width)[0], inside)),
+            "hist_to_source": hist_distance(h_edit, colour_hist(src, inside))}
+
+
+def agreement(a: specref.EditResult, b: specref.EditResult) -> dict[str, float]:
+    """Two edits of the shipped example compared: PSNR over the whole image and outside the dilated source
+    object, and the fraction of mask_t pixels that agree."""
+    from demo import SOURCE
+    outside = ~dilate(np.asarray(draw(SOURCE, a.edit.width)[1]) > 127, 8)
+    return {"psnr": psnr(a.edit, b.edit), "psnr_outside": psnr(a.edit, b.edit, outside),
+            "mask_t": float((a.mask_t == b.mask_t).float().mean())}
 
 
 EVAL_SCENES = [Scene(s, c, t, b) for s, c, t, b in [
@@ -191,9 +232,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
     p.add_argument("--samples", type=int, default=2, help="seeds per text-to-image prompt")
+    p.add_argument("--grid", default=None, help="also save the text-to-image samples as one PNG (a row per prompt)")
     args = p.parse_args()
     sd = weights.load_model(args.model)
-    acc = text_to_image(sd, EVAL_SCENES, seeds=args.samples)
+    images: list[Image.Image] = []
+    acc = text_to_image(sd, EVAL_SCENES, seeds=args.samples, images=images)
+    if args.grid:
+        w = images[0].width
+        grid = Image.new("RGB", (w * args.samples, w * len(EVAL_SCENES)))
+        for i, im in enumerate(images):
+            grid.paste(im, (i % args.samples * w, i // args.samples * w))
+        grid.save(args.grid)
     print("| text-to-image (30 steps, w=5) | " + " | ".join(acc) + " |\n|---|" + "---|" * len(acc))
     print(f"| fraction right ({len(EVAL_SCENES)} prompts x {args.samples} seeds) | "
           + " | ".join(f"{v:.2f}" for v in acc.values()) + " |\n")
@@ -209,9 +258,13 @@ def main() -> int:
     print("\n| edit | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, m in rows.items():
         print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
+    colour = colour_edit_metrics(run_example(sd, example_config(flags=COLOUR_EDIT, use_reference=False)))
+    print("\nP2P 'a red circle' -> 'a blue circle' (no reference): "
+          + ", ".join(f"{k} {v if isinstance(v, str) else round(v, 3)}" for k, v in colour.items()))
     half = run_example(weights.load_model(args.model, dtype=torch.bfloat16), example_config())
-    p, agree = agreement(results["SpecRef (both masks)"], half)
-    print(f"\nbfloat16 vs float32 SpecRef edit: PSNR {p:.2f} dB, mask_t agreement {agree:.4f}")
+    ag = agreement(results["SpecRef (both masks)"], half)
+    print(f"\nbfloat16 vs float32 SpecRef edit: PSNR {ag['psnr']:.2f} dB ({ag['psnr_outside']:.2f} dB outside the "
+          f"region), mask_t agreement {ag['mask_t']:.4f}; pattern {edit_metrics(half)['pattern_edit']:.3f}")
     return 0
 
 

@@ -33,8 +33,8 @@ def toy() -> StableDiffusion:
 
 @pytest.fixture(scope="module")
 def results(toy: StableDiffusion) -> dict[str, specref.EditResult]:
-    """The shipped example edited with SpecRef, the P2P baseline and the no-mask_t ablation (50 steps)."""
-    runs = {"specref": {}, "baseline": {"use_reference": False}, "no_mask_t": {"masks": "s"}}
+    """The shipped example edited with SpecRef, the P2P baseline and two mask ablations (50 steps)."""
+    runs = {"specref": {}, "baseline": {"use_reference": False}, "no_mask_t": {"masks": "s"}, "no_mask_s": {"masks": "t"}}
     return {k: eval_toy.run_example(toy, eval_toy.example_config(**ch)) for k, ch in runs.items()}
 
 
@@ -73,12 +73,13 @@ def test_cli_sample_and_reconstruct_use_the_native_size(tmp_path, capsys):
     assert db >= 25.0 and Image.open(tmp_path / "r" / "reconstruction.png").size == (128, 128)
 
 
-def test_text_to_image_follows_colour_words(toy):
-    # Measured (scripts/eval_toy.py, 8 prompts x 2 seeds): colour 0.44, shape 0.38, texture 0.56; red, blue,
-    # green, purple and white prompts give objects of that colour. Shapes and backgrounds are weak (model card).
-    scenes = [Scene("circle", c, "plain", "gray") for c in ("red", "blue", "green")]
-    got = [eval_toy.read_scene(eval_toy.sample_image(toy, s.caption(), steps=30)).colour for s in scenes]
-    assert sum(g == s.colour for g, s in zip(got, scenes)) >= 2, got
+def test_text_to_image_follows_the_words(toy):
+    # Measured (scripts/eval_toy.py, 8 prompts x 2 seeds): colour 0.81, shape 0.88, texture 0.62, background 1.00;
+    # with seed 0 only (this test): 0.75, 0.88, 0.75, 1.00. Chance: 1/7, 1/4, 1/2, 1/6 (the model before offset
+    # noise read the background from the starting noise: 0.19).
+    acc = eval_toy.text_to_image(toy, eval_toy.EVAL_SCENES, seeds=1)
+    assert acc["colour"] >= 0.5 and acc["shape"] >= 0.5 and acc["background"] >= 0.75, acc
+    assert acc["texture"] >= 0.625, acc
 
 
 def test_reconstruction_after_inversion(toy):
@@ -87,29 +88,48 @@ def test_reconstruction_after_inversion(toy):
 
 
 def test_edit_keeps_the_background(edits):
-    # Measured: SpecRef 22.6 dB, baseline 25.6 dB outside the dilated object (an unchanged VAE round trip: 30.7).
+    # Measured: SpecRef 22.1 dB, baseline 31.3 dB outside the dilated object (an unchanged VAE round trip: 30.7).
     assert edits["specref"]["background_psnr"] >= 20.0, edits["specref"]
-    assert edits["baseline"]["background_psnr"] >= 23.0, edits["baseline"]
+    assert edits["baseline"]["background_psnr"] >= 28.0, edits["baseline"]
 
 
-def test_specref_takes_the_reference_colour(edits):
+def test_specref_takes_the_reference_texture(edits):
     sr, base = edits["specref"], edits["baseline"]
-    # The target prompt names no colour: SpecRef's region takes the reference object's (yellow), away from the
-    # source's red; the P2P baseline has only the words (measured: 0.57 vs 1.00 histogram distance).
-    assert sr["hist_to_reference"] < sr["hist_to_source"] - 0.2, sr
-    assert sr["hist_to_reference"] < base["hist_to_reference"] - 0.2, (sr, base)
+    # The reference is a checkered star, the source a plain circle, and no prompt names a texture. Measured: the
+    # fraction of the region in a pattern's dark colour is 0.42 with SpecRef, 0.001 for the P2P baseline (the
+    # reference object's 0.57, the source's 0); the colour moves off the source's red (histogram distance 1.00).
+    assert sr["pattern_source"] == 0.0 and sr["pattern_edit"] >= 0.25, sr
+    assert sr["pattern_edit"] >= base["pattern_edit"] + 0.2, (sr, base)
+    assert sr["hist_to_reference"] < sr["hist_to_source"] - 0.05, sr
 
 
-def test_without_mask_t_the_reference_leaks(edits):
-    # Measured: 17.5 dB without mask_t against 22.6 dB with both masks.
-    assert edits["no_mask_t"]["background_psnr"] < edits["specref"]["background_psnr"] - 2.0, edits
+def test_p2p_edit_changes_the_colour_word(toy):
+    # "a red circle" -> "a blue circle", prompt only, refine (measured: blue; colour-histogram distance 0.32 to a
+    # drawn blue circle, 1.00 to the red source; background 36.9 dB).
+    res = eval_toy.run_example(toy, eval_toy.example_config(flags=eval_toy.COLOUR_EDIT, use_reference=False))
+    m = eval_toy.colour_edit_metrics(res)
+    assert m["colour"] == "blue" and m["hist_to_blue"] < m["hist_to_source"] - 0.4, m
+    assert m["background_psnr"] >= 32.0, m
+
+
+def test_mask_ablations(edits):
+    # Without mask_s (only mask_t) the region attends to the whole reference image and its black background
+    # spreads (measured 13.4 dB outside against 22.1 with both masks). Without mask_t every target pixel
+    # attends to the reference object and the object washes out (pattern 0.00 against 0.42, colour distance
+    # 1.00): this model does not show the paper's leak outside the region there (model card).
+    assert edits["no_mask_s"]["background_psnr"] < edits["specref"]["background_psnr"] - 5.0, edits
+    assert edits["no_mask_t"]["pattern_edit"] < edits["specref"]["pattern_edit"] - 0.2, edits
 
 
 def test_bfloat16_edit_agrees_with_float32(results):
     half = eval_toy.run_example(weights.load_model(dtype=torch.bfloat16), eval_toy.example_config())
     assert all(np.isfinite(np.asarray(im)).all() for im in (half.edit, half.reconstruction))
-    p, agree = eval_toy.agreement(results["specref"], half)
-    assert p >= 30.0 and agree >= 0.98, (p, agree)  # issue 6's targets; measured 47.9 dB, 100 %
+    full = results["specref"]
+    ag = eval_toy.agreement(full, half)
+    # Measured: PSNR 43.8 dB outside the region, 29.3 dB over the whole image (bf16 rounding shifts the
+    # high-contrast checker the region takes), mask_t 99.6 %; the edit measures the same (pattern 0.45 vs 0.42).
+    assert ag["psnr_outside"] >= 35.0 and ag["mask_t"] >= 0.98, ag
+    assert abs(eval_toy.edit_metrics(half)["pattern_edit"] - eval_toy.edit_metrics(full)["pattern_edit"]) <= 0.1
 
 
 def test_training_is_deterministic():
