@@ -199,6 +199,25 @@ def edit_metrics(res: specref.EditResult) -> dict[str, float]:
             "pattern_source": pattern_fraction(src, inside)}
 
 
+# Plain objects off-centre, for how well mask_t (the target word's blend-level cross-attention, SPEC §4.4)
+# finds the object: the method edits where mask_t is.
+MASK_T_SCENES = [Scene("circle", "red", "plain", "gray"), Scene("square", "blue", "plain", "white", 0.45, 0.55, 0.22),
+                 Scene("triangle", "green", "plain", "black", 0.6, 0.45, 0.25)]
+
+
+def mask_t_iou(sd: StableDiffusion, scene: Scene, cfg: specref.EditConfig) -> float:
+    """IoU at the latent size between the object and the mask_t of a SpecRef edit of `scene` into its caption
+    without the colour (target word: the shape), with the shipped example's reference and `cfg`'s settings."""
+    src, obj = draw(scene, sd.native_size)
+    cfg = cfg.replace(source_prompt=scene.caption(), target_prompt=scene.caption(colour=False),
+                      target_words=(scene.shape,), blend_words=((scene.colour, scene.shape), (scene.shape,)))
+    res = specref.edit(sd, src, EXAMPLE / "reference.png", cfg, reference_mask_file=EXAMPLE / "reference_mask.png",
+                       progress=False)
+    mt = res.mask_t.cpu().numpy()
+    obj = np.asarray(obj.resize(mt.shape[::-1], Image.Resampling.BOX)) > 127
+    return float((mt & obj).sum() / max((mt | obj).sum(), 1))
+
+
 def colour_edit_metrics(res: specref.EditResult) -> dict[str, float | str]:
     """The red -> blue circle edit (COLOUR_EDIT) measured: the region's named colour, its colour histogram's
     distance to a drawn blue circle and to the red source, and the background PSNR."""
@@ -258,6 +277,9 @@ def main() -> int:
     print("\n| edit | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, m in rows.items():
         print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
+    ious = [mask_t_iou(sd, scene, example_config()) for scene in MASK_T_SCENES]
+    print("\nmask_t vs the object (IoU at the latent size): "
+          + ", ".join(f"{sc.shape} {v:.2f}" for sc, v in zip(MASK_T_SCENES, ious)) + f"; mean {np.mean(ious):.2f}")
     colour = colour_edit_metrics(run_example(sd, example_config(flags=COLOUR_EDIT, use_reference=False)))
     print("\nP2P 'a red circle' -> 'a blue circle' (no reference): "
           + ", ".join(f"{k} {v if isinstance(v, str) else round(v, 3)}" for k, v in colour.items()))

@@ -28,7 +28,9 @@ def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.floa
     """Load SD v1 weights from a diffusers folder, an LDM single file or a Hub repo id (None: the demo model)."""
     if source is None:
         if not (DEFAULT_MODEL / "model_index.json").exists():
-            raise FileNotFoundError(f"no model given and the embedded demo model is missing at {DEFAULT_MODEL}")
+            raise FileNotFoundError(f"no model given and the embedded demo model is missing at {DEFAULT_MODEL} (it ships "
+                                    "in the source repository: install from a clone with `pip install -e .`, or "
+                                    "give a model)")
         source = DEFAULT_MODEL
     path = Path(source).expanduser()
     if path.is_dir():
