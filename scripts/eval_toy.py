@@ -184,12 +184,19 @@ def run_example(sd: StableDiffusion, cfg: specref.EditConfig) -> specref.EditRes
                         reference_mask_file=EXAMPLE / "reference_mask.png", progress=False)
 
 
+def source_regions(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inside, outside) of the shipped example's source object at `size`²: eroded by 3 px, and the complement
+    of the object dilated by 8 px (drawn by the scene code, not segmented)."""
+    from demo import SOURCE
+    obj = np.asarray(draw(SOURCE, size)[1]) > 127
+    return erode(obj, 3), ~dilate(obj, 8)
+
+
 def edit_metrics(res: specref.EditResult) -> dict[str, float]:
     """An edit of the shipped example measured against its source and reference (regions from the scene code)."""
-    from demo import REFERENCE, SOURCE
+    from demo import REFERENCE
     src, ref = Image.open(EXAMPLE / "source.png"), Image.open(EXAMPLE / "reference.png")
-    src_obj, ref_obj = (np.asarray(draw(s, src.width)[1]) > 127 for s in (SOURCE, REFERENCE))
-    inside, outside, ref_in = erode(src_obj, 3), ~dilate(src_obj, 8), erode(ref_obj, 3)
+    (inside, outside), ref_in = source_regions(src.width), erode(np.asarray(draw(REFERENCE, ref.width)[1]) > 127, 3)
     h_edit, h_ref = colour_hist(res.edit, inside), colour_hist(ref, ref_in)
     return {"background_psnr": psnr(res.edit, src, outside), "reconstruction_psnr": psnr(res.reconstruction, src),
             "hist_to_reference": hist_distance(h_edit, h_ref),
@@ -223,10 +230,9 @@ def colour_edit_metrics(res: specref.EditResult) -> dict[str, float | str]:
     distance to a drawn blue circle and to the red source, and the background PSNR."""
     from demo import SOURCE
     src = Image.open(EXAMPLE / "source.png")
-    obj = np.asarray(draw(SOURCE, src.width)[1]) > 127
-    inside = erode(obj, 3)
+    inside, outside = source_regions(src.width)
     h_edit = colour_hist(res.edit, inside)
-    return {"colour": object_colour(res.edit, inside), "background_psnr": psnr(res.edit, src, ~dilate(obj, 8)),
+    return {"colour": object_colour(res.edit, inside), "background_psnr": psnr(res.edit, src, outside),
             "hist_to_blue": hist_distance(h_edit, colour_hist(draw(SOURCE.with_(colour="blue"), src.width)[0], inside)),
             "hist_to_source": hist_distance(h_edit, colour_hist(src, inside))}
 
@@ -234,8 +240,7 @@ def colour_edit_metrics(res: specref.EditResult) -> dict[str, float | str]:
 def agreement(a: specref.EditResult, b: specref.EditResult) -> dict[str, float]:
     """Two edits of the shipped example compared: PSNR over the whole image and outside the dilated source
     object, and the fraction of mask_t pixels that agree."""
-    from demo import SOURCE
-    outside = ~dilate(np.asarray(draw(SOURCE, a.edit.width)[1]) > 127, 8)
+    outside = source_regions(a.edit.width)[1]
     return {"psnr": psnr(a.edit, b.edit), "psnr_outside": psnr(a.edit, b.edit, outside),
             "mask_t": float((a.mask_t == b.mask_t).float().mean())}
 

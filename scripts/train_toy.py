@@ -8,7 +8,7 @@ CLIP tokenizer), small widths, 128² images (16² latents: every SD v1 attention
 Stage 1 trains the VAE (L1 + MSE, KL 1e-6 as in SD), stage 2 the UNet and text encoder together
 (epsilon prediction on the SD v1 noise schedule with offset noise and Min-SNR weights, 10 % empty captions
 for classifier-free guidance, EMA).
-CPU-only and deterministic for a given seed and thread count; about 42 minutes on 2 cores.
+CPU-only and deterministic for a given seed and thread count; about 40 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.nd
 def train_unet(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, latents: torch.Tensor, scenes: list,
                steps: int, seed: int, batch_size: int = 32, lr: float = 5e-4, ema_decay: float = 0.999,
                amp: bool = False, min_snr: float | None = MIN_SNR, offset_noise: float = OFFSET_NOISE,
-               scheduler: dict | None = None, log: Callable[[str], None] = print) -> tuple[list[float], dict]:
+               log: Callable[[str], None] = print) -> tuple[list[float], dict]:
     """Stage 2: UNet + text encoder, epsilon prediction; returns the losses and the EMA weights.
 
     min_snr: Min-SNR-gamma loss weights (Hang et al. 2023), min(SNR, gamma) / SNR for epsilon prediction:
@@ -142,7 +142,7 @@ def train_unet(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, late
     offset_noise: std of a per-image, per-channel constant added to the noise (see OFFSET_NOISE).
     """
     rng, gen = np.random.default_rng(seed + 1), torch.Generator().manual_seed(seed + 1)
-    alpha_bar = DDIM(1, scheduler or SCHEDULER).alphas_cumprod
+    alpha_bar = DDIM(1, SCHEDULER).alphas_cumprod  # the schedule train() saves with the model
     snr = alpha_bar / (1 - alpha_bar)
     weight = snr.clamp(max=min_snr) / snr if min_snr else torch.ones_like(snr)
     params = list(unet.parameters()) + list(text.parameters())
