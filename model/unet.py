@@ -274,6 +274,13 @@ class UNet(nn.Module):
         """Every attention layer by (SPEC §2 block index, "self"/"cross")."""
         return {(m.block, m.kind): m for m in self.modules() if isinstance(m, Attention)}
 
+    def block_levels(self) -> dict[int, int]:
+        """SPEC §2 block index -> resolution level of its maps (0: the latent size, k: latent / 2^k)."""
+        n = len(self.down_blocks)
+        parts = [*enumerate(self.down_blocks), (n - 1, self.mid_block),
+                 *((n - 1 - i, b) for i, b in enumerate(self.up_blocks))]
+        return {t.transformer_blocks[0].attn1.block: level for level, b in parts for t in (b.attentions or [])}
+
     def set_attn_hook(self, hook: AttentionHook | None, blocks: range | list[int] | None = None,
                       kinds: tuple[Kind, ...] = ("self", "cross")) -> None:
         """Set (or with None, remove) `hook` on the chosen layers (default: all of them)."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure what the embedded demo model does: the numbers in assets/toy-sd/README.md, and the tests' metrics.
 
-    python scripts/eval_toy.py [--model assets/toy-sd] [--samples 2]
+    python scripts/eval_toy.py [--model assets/toy-sd] [--samples 2] [--grid samples.png] [--edits edits.png]
 
 1. Text-to-image: for prompts naming colour, texture, shape and background, is the generated object (pixels
    unlike the border) of the named colour (nearest named colour), shape (best IoU against the drawn shapes) and
@@ -10,6 +10,8 @@
 3. Edits on the shipped example: background PSNR outside the dilated source object, and inside it the
    distance of the colour histogram to the reference and the source object, and the texture energy; for
    SpecRef, the P2P baseline and the mask ablations.
+4. Where the words' cross-attention goes (what mask_t reads): IoU of mask_t with the object, and the shape
+   word's attention on the object against elsewhere, on one- and two-object scenes.
 """
 from __future__ import annotations
 
@@ -29,7 +31,10 @@ import sampling  # noqa: E402
 import specref  # noqa: E402
 import weights  # noqa: E402
 from model import StableDiffusion  # noqa: E402
+from model.attention import AttentionHook, AttnSite  # noqa: E402
 from specref.images import psnr, to_pil, to_tensor  # noqa: E402
+from specref.config import BLEND_BLOCKS  # noqa: E402
+from specref.words import word_token_indices  # noqa: E402
 from toy_scenes import BACKGROUNDS, COLOURS, SHAPES, Scene, draw  # noqa: E402
 
 EXAMPLE = ROOT / "assets" / "examples" / "toy-checker"
@@ -225,6 +230,54 @@ def mask_t_iou(sd: StableDiffusion, scene: Scene, cfg: specref.EditConfig) -> fl
     return float((mt & obj).sum() / max((mt | obj).sum(), 1))
 
 
+# Where this model's words find their objects (measured with word_attention): the 8x8 cross-attention of up
+# block 2, not SPEC §4.3's latent/4 level (4x4 maps at 128², where a word's attention is spread over the image).
+TOY_MAP_BLOCKS = (10, 11, 12)
+
+# Two objects side by side: does the first object's word find it, and not the other one?
+MASK_T_PAIRS = [Scene("circle", "red", "plain", "gray", 0.28, 0.5, 0.17,
+                      Scene("square", "blue", "plain", "gray", 0.72, 0.5, 0.17)),
+                Scene("star", "yellow", "plain", "blue", 0.5, 0.72, 0.17,
+                      Scene("triangle", "white", "plain", "blue", 0.5, 0.28, 0.17))]
+
+
+class CrossAttentionMaps(AttentionHook):
+    """Records the last (conditional) element's cross-attention probabilities in the given blocks (one map size),
+    averaged over heads: a list of [H*W, 77]."""
+
+    def __init__(self, blocks: tuple[int, ...]):
+        self.blocks, self.maps, self.hw = blocks, [], (0, 0)
+
+    def needs_probs(self, site: AttnSite, step: int | None) -> bool:
+        return site.kind == "cross" and site.block in self.blocks
+
+    def edit_probs(self, site: AttnSite, step: int | None, probs: torch.Tensor) -> torch.Tensor:
+        self.maps.append(probs[-1].float().mean(0))
+        self.hw = (site.height, site.width)
+        return probs
+
+
+@torch.no_grad()
+def word_attention(sd: StableDiffusion, scene: Scene, blocks: tuple[int, ...] = BLEND_BLOCKS,
+                   steps: int = 50) -> dict[str, float]:
+    """Where the cross-attention of `blocks` goes while the model regenerates an inverted scene (guidance 1):
+    the share on padding (the <|endoftext|> tokens after the caption, which see all of it), and the first
+    object's shape word's attention on the object over that elsewhere, cells weighted by how much of them the
+    object covers (> 1: the word finds its object)."""
+    src, obj = draw(scene, sd.native_size)
+    caption, z0 = scene.caption(), sampling.encode(sd, to_tensor(src, src.size))
+    zs = sampling.invert(sd, z0, [caption], steps=steps, progress=False)
+    rec = CrossAttentionMaps(blocks)
+    with sd.unet.hooked(rec, kinds=("cross",)):
+        sampling.sample(sd, caption, guidance=1.0, latents=zs[-1], steps=steps, progress=False)
+    m = torch.stack(rec.maps).mean(0)  # [h*w, 77]
+    last = len(sd.tokenizer.encode(caption).spans) + 1  # <|endoftext|>
+    word = m[:, word_token_indices(sd.tokenizer, caption, scene.shape)].sum(1).numpy()
+    cover = np.asarray(obj.resize(rec.hw[::-1], Image.Resampling.BOX), np.float64).reshape(-1) / 255  # per cell
+    on, off = (word * cover).sum() / cover.sum(), (word * (1 - cover)).sum() / (1 - cover).sum()
+    return {"padding_share": float(m[:, last + 1:].sum(1).mean()), "word_contrast": float(on / max(off, 1e-12))}
+
+
 def colour_edit_metrics(res: specref.EditResult) -> dict[str, float | str]:
     """The red -> blue circle edit (COLOUR_EDIT) measured: the region's named colour, its colour histogram's
     distance to a drawn blue circle and to the red source, and the background PSNR."""
@@ -257,6 +310,8 @@ def main() -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--samples", type=int, default=2, help="seeds per text-to-image prompt")
     p.add_argument("--grid", default=None, help="also save the text-to-image samples as one PNG (a row per prompt)")
+    p.add_argument("--edits", default=None, help="also save source, reference, SpecRef edit, P2P baseline, the edit "
+                   "without mask_t, the last two with TOY_MAP_BLOCKS, and the prompt-only colour edit as one PNG")
     args = p.parse_args()
     sd = weights.load_model(args.model)
     images: list[Image.Image] = []
@@ -282,10 +337,35 @@ def main() -> int:
     print("\n| edit | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, m in rows.items():
         print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
-    ious = [mask_t_iou(sd, scene, example_config()) for scene in MASK_T_SCENES]
-    print("\nmask_t vs the object (IoU at the latent size): "
-          + ", ".join(f"{sc.shape} {v:.2f}" for sc, v in zip(MASK_T_SCENES, ious)) + f"; mean {np.mean(ious):.2f}")
-    colour = colour_edit_metrics(run_example(sd, example_config(flags=COLOUR_EDIT, use_reference=False)))
+    scenes = MASK_T_SCENES + MASK_T_PAIRS
+    print("\n| map blocks | mask_t IoU with the object: " + ", ".join(sc.shape for sc in MASK_T_SCENES)
+          + "; first of two: " + ", ".join(sc.shape for sc in MASK_T_PAIRS) + " | shape word on the object / elsewhere"
+          " | attention on padding |\n|---|---|---|---|")
+    for blocks in (BLEND_BLOCKS, TOY_MAP_BLOCKS):
+        ious = [mask_t_iou(sd, scene, example_config(map_blocks=blocks)) for scene in scenes]
+        wa = [word_attention(sd, scene, blocks) for scene in scenes]
+        print(f"| {','.join(map(str, blocks))} | " + " / ".join(f"{v:.2f}" for v in ious) + " | "
+              + " / ".join(f"{w['word_contrast']:.2f}" for w in wa) + " | "
+              + " / ".join(f"{w['padding_share']:.2f}" for w in wa) + " |")
+    toy_runs = {"SpecRef (both masks)": {}, "P2P baseline (no reference)": {"use_reference": False},
+                "only mask_s (no mask_t)": {"masks": "s"}}
+    toy_results = {name: run_example(sd, example_config(map_blocks=TOY_MAP_BLOCKS, **ch))
+                   for name, ch in toy_runs.items()}
+    print(f"\n| edit, map blocks {TOY_MAP_BLOCKS} | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+    for name, r in toy_results.items():
+        m = edit_metrics(r)
+        print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
+    colour_res = run_example(sd, example_config(flags=COLOUR_EDIT, use_reference=False))
+    colour = colour_edit_metrics(colour_res)
+    if args.edits:
+        strip = [Image.open(EXAMPLE / "source.png"), Image.open(EXAMPLE / "reference.png"),
+                 *(results[k].edit for k in ("SpecRef (both masks)", "P2P baseline (no reference)",
+                                             "only mask_s (no mask_t)")),
+                 *(toy_results[k].edit for k in ("SpecRef (both masks)", "only mask_s (no mask_t)")), colour_res.edit]
+        out = Image.new("RGB", (sum(im.width for im in strip), strip[0].height))
+        for i, im in enumerate(strip):
+            out.paste(im.convert("RGB"), (i * strip[0].width, 0))
+        out.save(args.edits)
     print("\nP2P 'a red circle' -> 'a blue circle' (no reference): "
           + ", ".join(f"{k} {v if isinstance(v, str) else round(v, 3)}" for k, v in colour.items()))
     half = run_example(weights.load_model(args.model, dtype=torch.bfloat16), example_config())

@@ -1,4 +1,4 @@
-"""Synthetic scenes for the embedded demo model: one textured shape on a plain background, with a caption.
+"""Synthetic scenes for the embedded demo model: a textured shape (or two) on a plain background, with a caption.
 
 Used by scripts/train_toy.py (training data), scripts/demo.py (the shipped example) and the tests of the
 trained model. Deterministic: a scene is a small dataclass, drawn the same way every time.
@@ -23,7 +23,8 @@ PERIOD = 24  # texture period in pixels at 128²: 3 latent pixels, so the 8x VAE
 
 @dataclass(frozen=True)
 class Scene:
-    """One object (shape, colour, texture) at (cx, cy) with radius r, on a plain background; units of SIZE."""
+    """One object (shape, colour, texture) at (cx, cy) with radius r, on a plain background; units of SIZE.
+    `other`: an optional second object, drawn after the first (its own background field is not used)."""
 
     shape: str
     colour: str
@@ -32,14 +33,20 @@ class Scene:
     cx: float = 0.5
     cy: float = 0.5
     r: float = 0.25
+    other: "Scene | None" = None
 
-    def caption(self, colour: bool = True, texture: bool = True, background: bool = True) -> str:
-        """'a red striped circle on a gray background', leaving out the parts switched off (and 'plain')."""
+    def phrase(self, colour: bool = True, texture: bool = True) -> str:
+        """'a red striped circle', leaving out the parts switched off (and 'plain')."""
         words = ([self.colour] if colour else []) + ([self.texture] if texture and self.texture != "plain" else [])
         words = ["an" if (words + [self.shape])[0][0] in "aeiou" else "a"] + words + [self.shape]
-        if background:
-            words += ["on", "a", self.background, "background"]
         return " ".join(words)
+
+    def caption(self, colour: bool = True, texture: bool = True, background: bool = True) -> str:
+        """'a red striped circle [and a blue square] on a gray background', leaving out the parts switched off."""
+        text = self.phrase(colour, texture)
+        if self.other is not None:
+            text += " and " + self.other.phrase(colour, texture)
+        return text + (f" on a {self.background} background" if background else "")
 
     def with_(self, **changes: object) -> "Scene":
         """A copy with some fields changed."""
@@ -95,17 +102,29 @@ def _pattern(scene: Scene, n: int) -> np.ndarray:
     raise ValueError(f"unknown texture {texture!r}; choose from {TEXTURES}")
 
 
-def draw(scene: Scene, size: int = SIZE) -> tuple[Image.Image, Image.Image]:
-    """(RGB image, L mask with 255 = object), drawn at 2x and reduced, so edges are antialiased."""
-    n = size * 2
+def _paint(arr: np.ndarray, scene: Scene) -> Image.Image:
+    """Paint one object onto arr [n, n, 3] float in place; returns its L mask at n²."""
+    n = arr.shape[0]
     kind, coords = _outline(scene, n)
     mask = Image.new("L", (n, n), 0)
     getattr(ImageDraw.Draw(mask), kind)(coords, fill=255)
     colour = np.array(COLOURS[scene.colour], np.float32)
-    second = colour * 0.3 if scene.colour != "black" else np.full(3, 200, np.float32)  # darker pattern colour
+    second = colour * 0.3  # the darker pattern colour
     obj = np.where(_pattern(scene, n)[..., None], second, colour)
     m = np.asarray(mask, np.float32)[..., None] / 255
-    arr = m * obj + (1 - m) * np.array(BACKGROUNDS[scene.background], np.float32)
+    arr *= 1 - m
+    arr += m * obj
+    return mask
+
+
+def draw(scene: Scene, size: int = SIZE) -> tuple[Image.Image, Image.Image]:
+    """(RGB image, L mask with 255 = the first object), drawn at 2x and reduced, so edges are antialiased."""
+    n = size * 2
+    arr = np.empty((n, n, 3), np.float32)
+    arr[:] = BACKGROUNDS[scene.background]
+    mask = _paint(arr, scene)
+    if scene.other is not None:
+        _paint(arr, scene.other)
     img = Image.fromarray(arr.round().astype(np.uint8)).resize((size, size), Image.Resampling.BOX)
     return img, mask.resize((size, size), Image.Resampling.BOX).point(lambda v: 255 if v >= 128 else 0)
 

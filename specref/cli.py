@@ -36,6 +36,14 @@ def _range(text: str) -> tuple[int, int]:
     return int(a), int(b)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    """'4,5,7,8,9' or a range '10-13' (end excluded)."""
+    if "-" in text:
+        a, b = _range(text)
+        return tuple(range(a, b))
+    return tuple(int(v) for v in text.split(","))
+
+
 def _floats(text: str) -> tuple[float, float]:
     a, b = text.split(",")
     return float(a), float(b)
@@ -58,6 +66,7 @@ EDIT_FLAGS = {
     "--self-replace-steps": ("self_replace_steps", float), "--reweight": ("reweight", _reweight),
     "--blend-words": ("blend_words", _pair), "--substruct-words": ("substruct_words", _pair),
     "--blend-th": ("blend_th", _floats), "--start-blend": ("start_blend", float), "--thres": ("thres", float),
+    "--map-blocks": ("map_blocks", _ints),
     "--sr-steps": ("sr_steps", _range), "--sr-layers": ("sr_layers", _range), "--masks": ("masks", str),
     "--interp": ("interp", str), "--steps": ("steps", int), "--guidance": ("guidance", float),
     "--inversion-guidance": ("inversion_guidance", float), "--size": ("size", int),
@@ -68,6 +77,7 @@ HELP = {
     "--sr-layers": "SR-attn block indices start-end (0-16)", "--masks": "both | s | t | none",
     "--reweight": "target words and factors, e.g. 'vase=2'", "--target-words": "comma-separated words defining mask_t",
     "--substruct-words": "'src words;tgt words' removed from the blend region", "--blend-th": "th0,th1",
+    "--map-blocks": "cross-attention blocks whose maps Local Blend and mask_t read, e.g. '4,5,7,8,9' (SPEC) or '10-13'",
 }
 
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Steps = float | tuple[float, float]
+# SPEC §4.3: the cross-attention layers Local Blend and mask_t read, the latent/4 level (16² maps at 512²).
+# A model whose words find their objects at another level (measured for the demo model) can name other blocks.
+BLEND_BLOCKS = (4, 5, 7, 8, 9)
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class EditConfig:
     substruct_words: tuple[tuple[str, ...], tuple[str, ...]] | None = None
     blend_th: tuple[float, float] = (0.3, 0.3)
     start_blend: float = 0.2
+    map_blocks: tuple[int, ...] = BLEND_BLOCKS          # cross-attention maps Local Blend and mask_t read
     thres: float = 0.5                                  # SR-attn mask threshold
     sr_steps: tuple[int, int] = (4, 50)
     sr_layers: tuple[int, int] = (10, 16)               # SPEC §2 block indices [l0, l1)

@@ -13,12 +13,12 @@ from torch import Tensor
 from model.attention import AttentionHook, AttnSite, attention
 
 from .blend import apply_blend, local_blend_mask
+from .config import BLEND_BLOCKS
 from .masks import EmptyMaskError, mask_t_from_maps, resize_mask
 from .p2p import edit_cross
 from .srattn import sr_attention
 
 SRC, TGT = 2, 3  # conditional source / target in the edit batch (TGT is the last element)
-BLEND_BLOCKS = (4, 5, 7, 8, 9)  # SPEC §4.3: the latent/4-level cross-attention layers (16² at 512²)
 
 
 class ReferenceFeatures(AttentionHook):
@@ -54,6 +54,7 @@ class P2PPlan:
     substruct_words: Tensor | None = None           # [2, 77] 0/1
     blend_th: tuple[float, float] = (0.3, 0.3)
     blend_start: int = 10                           # first step index that blends
+    map_blocks: tuple[int, ...] = BLEND_BLOCKS      # cross-attention layers whose maps are stored (one map size)
 
     def to(self, device: torch.device | str) -> "P2PPlan":
         """Move every tensor to `device`."""
@@ -113,14 +114,15 @@ class EditController(AttentionHook):
         if (step, *hw) not in self._mask_t:
             if self.map_sum is None:
                 raise ValueError(f"mask_t at step {step}: no blend-level cross-attention map yet (SR layers must "
-                                 f"come after block {BLEND_BLOCKS[0]} in the first SR step)")
+                                 f"come after block {min(self.p2p.map_blocks)} in the first SR step)")
             try:
                 m = mask_t_from_maps(self.map_sum[1], sr.target_tokens, hw, sr.interp, sr.thres)
+                # the output's mask_t is at the latent size, even when no SR layer has that size
+                self.last_mask_t = m if hw == tuple(self.latent_hw) else mask_t_from_maps(
+                    self.map_sum[1], sr.target_tokens, self.latent_hw, sr.interp, sr.thres)
             except ValueError as e:
                 raise type(e)(f"mask_t at step {step}: {e}") from None
             self._mask_t[(step, *hw)] = m.flatten()
-            if hw == tuple(self.latent_hw):
-                self.last_mask_t = m
         return self._mask_t[(step, *hw)]
 
     def replace_output(self, site: AttnSite, step: int | None, q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
@@ -140,7 +142,7 @@ class EditController(AttentionHook):
 
     def needs_probs(self, site: AttnSite, step: int | None) -> bool:
         if site.kind == "cross":
-            return site.block in BLEND_BLOCKS or bool(self.p2p.alpha[step].any())
+            return site.block in self.p2p.map_blocks or bool(self.p2p.alpha[step].any())
         return self.self_replace(site, step)
 
     def edit_probs(self, site: AttnSite, step: int | None, probs: Tensor) -> Tensor:
@@ -150,7 +152,7 @@ class EditController(AttentionHook):
         p = self.p2p  # the edit runs in float32 (as the reference does), whatever the model dtype
         edited = edit_cross(probs[SRC].float(), probs[TGT].float(), p.alpha[step], p.replace, p.refine, p.equalizer)
         probs[TGT] = edited.to(probs.dtype)
-        if site.block in BLEND_BLOCKS:  # stored after the edit (SPEC §4.1)
+        if site.block in p.map_blocks:  # stored after the edit (SPEC §4.1)
             maps = probs[SRC:].float().mean(1).reshape(2, site.height, site.width, -1)
             self.map_sum = maps if self.map_sum is None else self.map_sum + maps
         return probs

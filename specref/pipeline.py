@@ -61,6 +61,13 @@ def validate(cfg: EditConfig, sd: StableDiffusion) -> None:
     l0, l1 = cfg.sr_layers
     if cfg.use_reference and not 0 <= l0 < l1 <= 16:
         raise ValueError(f"SR layers [{l0}, {l1}) are out of bounds (block indices 0-15, need 0 <= start < end <= 16)")
+    levels = sd.unet.block_levels()
+    if not cfg.map_blocks or any(b not in levels for b in cfg.map_blocks):
+        raise ValueError(f"map_blocks must be cross-attention block indices ({min(levels)}-{max(levels)}), "
+                         f"got {tuple(cfg.map_blocks)}")
+    if len({levels[b] for b in cfg.map_blocks}) > 1:
+        raise ValueError(f"map_blocks {tuple(cfg.map_blocks)} have maps of different sizes (levels "
+                         f"{[levels[b] for b in cfg.map_blocks]}); their maps are summed, so pick blocks of one level")
     if not 0 < cfg.thres <= 1:
         raise ValueError(f"mask threshold thres must be in (0, 1], got {cfg.thres}")
     if cfg.use_reference and cfg.masks in ("both", "t") and not cfg.target_words:
@@ -77,7 +84,8 @@ def p2p_plan(cfg: EditConfig, sd: StableDiffusion) -> P2PPlan:
     tok, src, tgt = sd.tokenizer, cfg.source_prompt, cfg.target_prompt
     plan = P2PPlan(alpha=cross_replace_alpha(tok, tgt, cfg.steps, cfg.cross_replace_steps),
                    self_range=self_replace_range(cfg.self_replace_steps, cfg.steps),
-                   blend_th=tuple(cfg.blend_th), blend_start=blend_start(cfg.steps, cfg.start_blend))
+                   blend_th=tuple(cfg.blend_th), blend_start=blend_start(cfg.steps, cfg.start_blend),
+                   map_blocks=tuple(cfg.map_blocks))
     if cfg.mode == "replace":
         plan.replace = replace_mapper(tok, src, tgt)
     else:

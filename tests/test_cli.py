@@ -61,6 +61,10 @@ def test_flags_override_preset():
     assert (cfg.thres, cfg.sr_layers, cfg.blend_words, cfg.masks, cfg.steps) == (
         0.7, (12, 16), (("board",), ("mattress",)), "s", 25)
     assert cfg.sr_steps == (4, 25) and cfg.mode == "refine"  # preset's 8-50 of 50 steps scaled to 25
+    assert cfg.map_blocks == (4, 5, 7, 8, 9)  # SPEC §4.3's blocks unless asked
+    for text, blocks in (("10-13", (10, 11, 12)), ("4,5,7,8,9", (4, 5, 7, 8, 9))):
+        a = build_parser().parse_args(["edit", "--source", "s", "--preset", "vase-vase", "--map-blocks", text])
+        assert edit_config(a).map_blocks == blocks
 
 
 def test_preset_list(capsys):

@@ -42,6 +42,9 @@ class RecordingUNet(torch.nn.Module):
     def hooked(self, *a, **k):
         return self.inner.hooked(*a, **k)
 
+    def block_levels(self):
+        return self.inner.block_levels()
+
 
 @pytest.fixture(scope="module")
 def result(tiny_sd):
@@ -96,6 +99,11 @@ def test_mask_modes(tiny_sd, result):
     assert not torch.allclose(s_only.latents["edit_latent"], result.latents["edit_latent"], atol=1e-4)
 
 
+def test_mask_t_output_when_no_sr_layer_has_the_latent_size(tiny_sd):
+    r = run(tiny_sd, CFG.replace(sr_layers=(10, 13)))  # SR-attn only in the latent/2 layers (8² here)
+    assert r.mask_t is not None and tuple(r.mask_t.shape) == tuple(r.latents["edit_latent"].shape[-2:])
+
+
 def test_feature_store_is_only_what_is_used(tiny_sd):
     r = run(tiny_sd, CFG.replace(sr_layers=(13, 16), sr_steps=(3, 5), feature_dtype="float16"))
     # 3 layers x 2 steps x (K and V) of [1, 16*16, 32 channels] in fp16
@@ -110,6 +118,9 @@ def test_feature_store_is_only_what_is_used(tiny_sd):
     (dict(sr_layers=(10, 17)), "SR layers"),
     (dict(steps=0), "steps must be between 1 and 1000"),
     (dict(masks="t", target_words=()), "mask_t needs target words"),
+    (dict(map_blocks=(4, 10)), "maps of different sizes"),
+    (dict(map_blocks=(16,)), "map_blocks must be cross-attention block indices"),
+    (dict(map_blocks=()), "map_blocks must be cross-attention block indices"),
 ])
 def test_bad_settings_fail_before_work(tiny_sd, change, match):
     with pytest.raises(ValueError, match=match):

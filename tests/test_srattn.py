@@ -77,3 +77,21 @@ def test_reference_features_keep_only_used_layers_and_steps():
     assert set(feats.kv) == {(b, s) for b in range(10, 16) for s in range(4, 8)}
     k_kept, v_kept = feats.kv[(11, 4)]  # edit step 4 <- inversion step N-1-4 = 5, reference element 1
     assert k_kept.dtype == torch.float16 and torch.equal(k_kept, (k + 5)[1:2].half()) and torch.equal(v_kept, (k - 5)[1:2].half())
+
+
+@pytest.mark.parametrize("blocks,stored", [((4, 5, 7, 8, 9), (4, 5, 7, 8, 9)), ((10, 11, 12), (10, 11, 12))])
+def test_map_store_reads_only_map_blocks(blocks, stored):
+    # Cross-attention probs of the four elements [u, u, c_src, c_tgt] at every block; the store keeps the head mean
+    # of the conditional pair's maps, summed over the chosen blocks only (the default is SPEC §4.3's 4, 5, 7, 8, 9).
+    plan = P2PPlan(alpha=torch.zeros(3, 77), self_range=(0, 0), map_blocks=blocks)
+    ctrl = EditController(plan, None, latent_hw=(16, 16))
+    sides = [16, 16, 8, 8, 4, 4, 2, 4, 4, 4, 8, 8, 8, 16, 16, 16]
+    want = 0
+    for block, side in enumerate(sides):
+        site = AttnSite(block, "cross", side, side, 2)
+        assert ctrl.needs_probs(site, 1) == (block in stored)
+        if block in stored:
+            probs = torch.rand(4, 2, side * side, 77)
+            want = want + probs[2:].mean(1).reshape(2, side, side, 77)
+            ctrl.edit_probs(site, 1, probs.clone())
+    assert torch.allclose(ctrl.map_sum, want)
