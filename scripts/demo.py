@@ -1,9 +1,10 @@
 """The main job on a fresh machine: a SpecRef edit with the embedded demo model, writing out/demo/summary.png.
 
 The inputs are the shipped synthetic example (assets/examples/toy-checker: source, reference and mask drawn
-by scripts/toy_scenes.py): "a red circle" becomes "a circle" that takes its checker pattern from the reference
-object (a yellow checkered star), which no prompt names; `--baseline` also runs the Prompt-to-Prompt baseline
-(no reference), which can only follow the words (a plain blob). `--model` runs the same edit on other SD v1
+by scripts/toy_scenes.py): "a red circle" becomes "a circle" with a checker pattern, which no prompt names,
+next to a yellow checkered star as the reference; `--baseline` also runs the Prompt-to-Prompt baseline (no
+reference), which can only follow the words (a plain blob). The demo model does not copy the reference's own
+texture (a plain star gives a checker too; assets/toy-sd/README.md says why). `--model` runs the same edit on other SD v1
 weights (diffusers folder, .safetensors/.ckpt, or a Hub repo id); images are then resized to that model's
 native size.
 """

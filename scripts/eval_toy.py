@@ -183,10 +183,17 @@ def example_config(steps: int = 50, flags: list[str] | None = None, **changes: o
     return edit_config(args).replace(**changes)
 
 
-def run_example(sd: StableDiffusion, cfg: specref.EditConfig) -> specref.EditResult:
-    """The shipped example edited with `cfg`."""
-    return specref.edit(sd, EXAMPLE / "source.png", EXAMPLE / "reference.png", cfg,
-                        reference_mask_file=EXAMPLE / "reference_mask.png", progress=False)
+def run_example(sd: StableDiffusion, cfg: specref.EditConfig, reference: Scene | None = None) -> specref.EditResult:
+    """The shipped example edited with `cfg` (with another reference scene drawn by the scene code, if given)."""
+    if reference is None:
+        return specref.edit(sd, EXAMPLE / "source.png", EXAMPLE / "reference.png", cfg,
+                            reference_mask_file=EXAMPLE / "reference_mask.png", progress=False)
+    image, mask = draw(reference, sd.native_size)
+    return specref.edit(sd, EXAMPLE / "source.png", image, cfg, reference_mask_file=mask, progress=False)
+
+
+# The shipped reference's controls: does the region take *the reference's* texture, or a texture?
+REFERENCE_CONTROLS = [Scene("star", "yellow", t, "black") for t in ("plain", "striped", "dotted")]
 
 
 def source_regions(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -278,6 +285,36 @@ def word_attention(sd: StableDiffusion, scene: Scene, blocks: tuple[int, ...] = 
     return {"padding_share": float(m[:, last + 1:].sum(1).mean()), "word_contrast": float(on / max(off, 1e-12))}
 
 
+class SelfAttentionEntropy(AttentionHook):
+    """Normalised entropy (1 = uniform) of the last (conditional) element's self-attention in `blocks`,
+    averaged over heads and queries; one value per call."""
+
+    def __init__(self, blocks: tuple[int, ...]):
+        self.blocks, self.values = blocks, []
+
+    def needs_probs(self, site: AttnSite, step: int | None) -> bool:
+        return site.kind == "self" and site.block in self.blocks
+
+    def edit_probs(self, site: AttnSite, step: int | None, probs: torch.Tensor) -> torch.Tensor:
+        p = probs[-1].float()
+        self.values.append(float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean() / np.log(p.shape[-1])))
+        return probs
+
+
+@torch.no_grad()
+def self_attention_entropy(sd: StableDiffusion, scene: Scene, blocks: tuple[int, ...], steps: int = 50) -> float:
+    """How spread the model's self-attention in `blocks` is while it regenerates an inverted scene (guidance 1):
+    normalised entropy, 1 = every query attends to all pixels alike. SR-attn copies appearance through these
+    layers, by where a target pixel's query finds its keys."""
+    src, _ = draw(scene, sd.native_size)
+    caption, z0 = scene.caption(), sampling.encode(sd, to_tensor(src, src.size))
+    zs = sampling.invert(sd, z0, [caption], steps=steps, progress=False)
+    rec = SelfAttentionEntropy(blocks)
+    with sd.unet.hooked(rec, kinds=("self",)):
+        sampling.sample(sd, caption, guidance=1.0, latents=zs[-1], steps=steps, progress=False)
+    return float(np.mean(rec.values))
+
+
 def colour_edit_metrics(res: specref.EditResult) -> dict[str, float | str]:
     """The red -> blue circle edit (COLOUR_EDIT) measured: the region's named colour, its colour histogram's
     distance to a drawn blue circle and to the red source, and the background PSNR."""
@@ -337,6 +374,16 @@ def main() -> int:
     print("\n| edit | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, m in rows.items():
         print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
+    print("\n| reference (SpecRef edit, SPEC's map blocks) | pattern | background PSNR |\n|---|---|---|")
+    shipped = rows["SpecRef (both masks)"]
+    print(f"| the shipped one, {REFERENCE_CONTROLS[0].with_(texture='checkered').caption()} | "
+          f"{shipped['pattern_edit']:.2f} | {shipped['background_psnr']:.1f} dB |")
+    for ref in REFERENCE_CONTROLS:
+        m = edit_metrics(run_example(sd, example_config(), ref))
+        print(f"| {ref.caption()} | {m['pattern_edit']:.2f} | {m['background_psnr']:.1f} dB |")
+    for blocks in ((10, 11, 12), (13, 14, 15)):
+        h = [self_attention_entropy(sd, scene, blocks) for scene in MASK_T_SCENES]
+        print(f"self-attention entropy (1 = uniform), blocks {blocks}: " + " / ".join(f"{v:.2f}" for v in h))
     scenes = MASK_T_SCENES + MASK_T_PAIRS
     print("\n| map blocks | mask_t IoU with the object: " + ", ".join(sc.shape for sc in MASK_T_SCENES)
           + "; first of two: " + ", ".join(sc.shape for sc in MASK_T_PAIRS) + " | shape word on the object / elsewhere"

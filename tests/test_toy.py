@@ -99,11 +99,13 @@ def test_edit_keeps_the_background(edits):
     assert edits["baseline"]["background_psnr"] >= 28.0, edits["baseline"]
 
 
-def test_specref_takes_the_reference_texture(edits):
+def test_specref_gives_the_region_a_texture_the_baseline_does_not(edits):
     sr, base = edits["specref"], edits["baseline"]
     # The reference is a checkered star, the source a plain circle, and no prompt names a texture. Measured: the
     # fraction of the region in a pattern's dark colour is 0.42 with SpecRef, 0.001 for the P2P baseline (the
     # reference object's 0.57, the source's 0); the colour moves off the source's red (histogram distance 1.00).
+    # Not the reference's own texture: a plain, striped or dotted star gives 0.42 / 0.39 / 0.36 too (model card:
+    # this model's self-attention is nearly uniform, so SR-attn adds the reference object's mean feature).
     assert sr["pattern_source"] == 0.0 and sr["pattern_edit"] >= 0.25, sr
     assert sr["pattern_edit"] >= base["pattern_edit"] + 0.2, (sr, base)
     assert sr["hist_to_reference"] < sr["hist_to_source"] - 0.05, sr
