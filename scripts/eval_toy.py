@@ -265,18 +265,23 @@ class CrossAttentionMaps(AttentionHook):
 
 
 @torch.no_grad()
+def regenerate_hooked(sd: StableDiffusion, scene: Scene, hook: AttentionHook, steps: int = 50) -> None:
+    """DDIM-invert `scene` with its caption, then regenerate it (guidance 1) with `hook` on every layer."""
+    src, _ = draw(scene, sd.native_size)
+    caption, z0 = scene.caption(), sampling.encode(sd, to_tensor(src, src.size))
+    zs = sampling.invert(sd, z0, [caption], steps=steps, progress=False)
+    with sd.unet.hooked(hook):
+        sampling.sample(sd, caption, guidance=1.0, latents=zs[-1], steps=steps, progress=False)
+
+
 def word_attention(sd: StableDiffusion, scene: Scene, blocks: tuple[int, ...] = BLEND_BLOCKS,
                    steps: int = 50) -> dict[str, float]:
     """Where the cross-attention of `blocks` goes while the model regenerates an inverted scene (guidance 1):
     the share on padding (the <|endoftext|> tokens after the caption, which see all of it), and the first
     object's shape word's attention on the object over that elsewhere, cells weighted by how much of them the
     object covers (> 1: the word finds its object)."""
-    src, obj = draw(scene, sd.native_size)
-    caption, z0 = scene.caption(), sampling.encode(sd, to_tensor(src, src.size))
-    zs = sampling.invert(sd, z0, [caption], steps=steps, progress=False)
-    rec = CrossAttentionMaps(blocks)
-    with sd.unet.hooked(rec, kinds=("cross",)):
-        sampling.sample(sd, caption, guidance=1.0, latents=zs[-1], steps=steps, progress=False)
+    rec, caption, obj = CrossAttentionMaps(blocks), scene.caption(), draw(scene, sd.native_size)[1]
+    regenerate_hooked(sd, scene, rec, steps)
     m = torch.stack(rec.maps).mean(0)  # [h*w, 77]
     last = len(sd.tokenizer.encode(caption).spans) + 1  # <|endoftext|>
     word = m[:, word_token_indices(sd.tokenizer, caption, scene.shape)].sum(1).numpy()
@@ -301,17 +306,12 @@ class SelfAttentionEntropy(AttentionHook):
         return probs
 
 
-@torch.no_grad()
 def self_attention_entropy(sd: StableDiffusion, scene: Scene, blocks: tuple[int, ...], steps: int = 50) -> float:
     """How spread the model's self-attention in `blocks` is while it regenerates an inverted scene (guidance 1):
     normalised entropy, 1 = every query attends to all pixels alike. SR-attn copies appearance through these
     layers, by where a target pixel's query finds its keys."""
-    src, _ = draw(scene, sd.native_size)
-    caption, z0 = scene.caption(), sampling.encode(sd, to_tensor(src, src.size))
-    zs = sampling.invert(sd, z0, [caption], steps=steps, progress=False)
     rec = SelfAttentionEntropy(blocks)
-    with sd.unet.hooked(rec, kinds=("self",)):
-        sampling.sample(sd, caption, guidance=1.0, latents=zs[-1], steps=steps, progress=False)
+    regenerate_hooked(sd, scene, rec, steps)
     return float(np.mean(rec.values))
 
 
