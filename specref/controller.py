@@ -113,8 +113,9 @@ class EditController(AttentionHook):
             return None
         if (step, *hw) not in self._mask_t:
             if self.map_sum is None:
-                raise ValueError(f"mask_t at step {step}: no blend-level cross-attention map yet (SR layers must "
-                                 f"come after block {min(self.p2p.map_blocks)} in the first SR step)")
+                raise ValueError(f"mask_t at step {step}: no cross-attention map of the map blocks yet (in the first "
+                                 f"SR step, SR layers must come after block {min(self.p2p.map_blocks)}, or start "
+                                 f"SR-attn a step later)")
             try:
                 m = mask_t_from_maps(self.map_sum[1], sr.target_tokens, hw, sr.interp, sr.thres)
                 # the output's mask_t is at the latent size, even when no SR layer has that size

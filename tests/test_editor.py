@@ -121,6 +121,7 @@ def test_feature_store_is_only_what_is_used(tiny_sd):
     (dict(map_blocks=(4, 10)), "maps of different sizes"),
     (dict(map_blocks=(16,)), "map_blocks must be cross-attention block indices"),
     (dict(map_blocks=()), "map_blocks must be cross-attention block indices"),
+    (dict(map_blocks=(10, 11, 12), sr_steps=(0, N)), "mask_t at SR step 0 needs a map"),
 ])
 def test_bad_settings_fail_before_work(tiny_sd, change, match):
     with pytest.raises(ValueError, match=match):
