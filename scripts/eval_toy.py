@@ -341,6 +341,15 @@ EVAL_SCENES = [Scene(s, c, t, b) for s, c, t, b in [
     ("star", "white", "plain", "blue"), ("triangle", "red", "checkered", "gray")]]
 
 
+def tile_grid(images: list[Image.Image], cols: int) -> Image.Image:
+    """Equal-size images in rows of `cols`, left to right, top to bottom (for the model card's figures)."""
+    w, h = images[0].size
+    grid = Image.new("RGB", (w * cols, h * -(-len(images) // cols)))
+    for i, im in enumerate(images):
+        grid.paste(im.convert("RGB"), (i % cols * w, i // cols * h))
+    return grid
+
+
 def main() -> int:
     """Print every measurement as markdown tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -354,11 +363,7 @@ def main() -> int:
     images: list[Image.Image] = []
     acc = text_to_image(sd, EVAL_SCENES, seeds=args.samples, images=images)
     if args.grid:
-        w = images[0].width
-        grid = Image.new("RGB", (w * args.samples, w * len(EVAL_SCENES)))
-        for i, im in enumerate(images):
-            grid.paste(im, (i % args.samples * w, i // args.samples * w))
-        grid.save(args.grid)
+        tile_grid(images, args.samples).save(args.grid)
     print("| text-to-image (30 steps, w=5) | " + " | ".join(acc) + " |\n|---|" + "---|" * len(acc))
     print(f"| fraction right ({len(EVAL_SCENES)} prompts x {args.samples} seeds) | "
           + " | ".join(f"{v:.2f}" for v in acc.values()) + " |\n")
@@ -376,7 +381,8 @@ def main() -> int:
         print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
     print("\n| reference (SpecRef edit, SPEC's map blocks) | pattern | background PSNR |\n|---|---|---|")
     shipped = rows["SpecRef (both masks)"]
-    print(f"| the shipped one, {REFERENCE_CONTROLS[0].with_(texture='checkered').caption()} | "
+    from demo import REFERENCE
+    print(f"| the shipped one, {REFERENCE.caption()} | "
           f"{shipped['pattern_edit']:.2f} | {shipped['background_psnr']:.1f} dB |")
     for ref in REFERENCE_CONTROLS:
         m = edit_metrics(run_example(sd, example_config(), ref))
@@ -409,10 +415,7 @@ def main() -> int:
                  *(results[k].edit for k in ("SpecRef (both masks)", "P2P baseline (no reference)",
                                              "only mask_s (no mask_t)")),
                  *(toy_results[k].edit for k in ("SpecRef (both masks)", "only mask_s (no mask_t)")), colour_res.edit]
-        out = Image.new("RGB", (sum(im.width for im in strip), strip[0].height))
-        for i, im in enumerate(strip):
-            out.paste(im.convert("RGB"), (i * strip[0].width, 0))
-        out.save(args.edits)
+        tile_grid(strip, len(strip)).save(args.edits)
     print("\nP2P 'a red circle' -> 'a blue circle' (no reference): "
           + ", ".join(f"{k} {v if isinstance(v, str) else round(v, 3)}" for k, v in colour.items()))
     half = run_example(weights.load_model(args.model, dtype=torch.bfloat16), example_config())

@@ -68,12 +68,13 @@ def validate(cfg: EditConfig, sd: StableDiffusion) -> None:
     if len({levels[b] for b in cfg.map_blocks}) > 1:
         raise ValueError(f"map_blocks {tuple(cfg.map_blocks)} have maps of different sizes (levels "
                          f"{[levels[b] for b in cfg.map_blocks]}); their maps are summed, so pick blocks of one level")
-    if cfg.use_reference and cfg.masks in ("both", "t") and s0 == 0 and min(cfg.map_blocks) >= l0:
+    uses_mask_t = cfg.use_reference and cfg.masks in ("both", "t")
+    if uses_mask_t and s0 == 0 and min(cfg.map_blocks) >= l0:
         raise ValueError(f"mask_t at SR step 0 needs a map from a block before the first SR layer {l0}, but "
                          f"map_blocks start at {min(cfg.map_blocks)}: start the SR steps at 1 or later")
     if not 0 < cfg.thres <= 1:
         raise ValueError(f"mask threshold thres must be in (0, 1], got {cfg.thres}")
-    if cfg.use_reference and cfg.masks in ("both", "t") and not cfg.target_words:
+    if uses_mask_t and not cfg.target_words:
         raise ValueError("mask_t needs target words (--target-words), or use --masks s|none")
     if cfg.feature_dtype is not None and cfg.feature_dtype not in DTYPES:
         raise ValueError(f"feature_dtype must be one of {list(DTYPES)}, got {cfg.feature_dtype!r}")
