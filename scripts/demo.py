@@ -1,12 +1,12 @@
 """The main job on a fresh machine: a SpecRef edit with the embedded demo model, writing out/demo/summary.png.
 
 The inputs are the shipped synthetic example (assets/examples/toy-checker: source, reference and mask drawn
-by scripts/toy_scenes.py): "a red circle" becomes "a circle" with a checker pattern, which no prompt names,
-next to a yellow checkered star as the reference; `--baseline` also runs the Prompt-to-Prompt baseline (no
-reference), which can only follow the words (a plain blob). The demo model does not copy the reference's own
-texture (a plain star gives a checker too; assets/toy-sd/README.md says why). `--model` runs the same edit on other SD v1
-weights (diffusers folder, .safetensors/.ckpt, or a Hub repo id); images are then resized to that model's
-native size.
+by scripts/toy_scenes.py): "a red circle" becomes "a circle" that takes the reference's look, a yellow checkered
+star's, although no prompt names a colour or a texture; `--baseline` also runs the Prompt-to-Prompt baseline
+(no reference), which can only follow the words. mask_t and Local Blend read this model's word level, up block
+2's 8x8 maps (`--map-blocks 10,11,12`; SPEC's 4x4 level misses the object; assets/toy-sd/README.md).
+`--model` runs the same edit on other SD v1 weights (diffusers folder, .safetensors/.ckpt, or a Hub repo id)
+with SPEC's map blocks; images are then resized to that model's native size.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from specref.cli import main as cli_main  # noqa: E402
+from specref.config import BLEND_BLOCKS  # noqa: E402
 from toy_scenes import Scene, draw  # noqa: E402
 
 EXAMPLE = ROOT / "assets" / "examples" / "toy-checker"
@@ -27,7 +28,10 @@ REFERENCE = Scene("star", "yellow", "checkered", "black")
 # The edit, as `python -m specref edit` flags (also written to the example folder as edit.json).
 EDIT = ["--source-prompt", "a red circle on a gray background", "--target-prompt", "a circle on a gray background",
         "--mode", "refine", "--target-words", "circle", "--blend-words", "red,circle;circle",
-        "--self-replace-steps", "0.4", "--thres", "0.6", "--sr-layers", "10-16"]  # + --sr-steps 10-50, scaled to --steps
+        "--self-replace-steps", "0.4", "--thres", "0.6", "--sr-layers", "10-16",
+        "--map-blocks", "10,11,12"]  # + --sr-steps 10-50, scaled to --steps
+# The map blocks above are the demo model's word level; other models get SPEC's (§4.3), the editor's default.
+SPEC_MAP_BLOCKS = ["--map-blocks", ",".join(map(str, BLEND_BLOCKS))]
 
 
 def write_example(folder: Path = EXAMPLE) -> Path:
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     files = ["--source", str(EXAMPLE / "source.png"), "--reference", str(EXAMPLE / "reference.png"),
              "--reference-mask", str(EXAMPLE / "reference_mask.png")]
     sr = f"{round(10 * args.steps / 50)}-{args.steps}"
-    common = ["edit", *files, *EDIT, "--steps", str(args.steps), "--sr-steps", sr] + (["--model", args.model] if args.model else [])
+    model = ["--model", args.model, *SPEC_MAP_BLOCKS] if args.model else []
+    common = ["edit", *files, *EDIT, "--steps", str(args.steps), "--sr-steps", sr, *model]
     rc = cli_main([*common, "--out", args.out])
     if rc == 0 and args.baseline:
         rc = cli_main([*common, "--no-reference", "--out", args.out + "-baseline"])

@@ -8,8 +8,10 @@
    texture (plain vs textured), on the named background?
 2. Reconstruction: DDIM-invert the model's own scenes and regenerate them; PSNR to the source.
 3. Edits on the shipped example: background PSNR outside the dilated source object, and inside it the
-   distance of the colour histogram to the reference and the source object, and the texture energy; for
-   SpecRef, the P2P baseline and the mask ablations.
+   distance of the colour histogram to the reference and the source object, the texture energy, the pattern
+   fraction and which drawn texture the region correlates with best; for SpecRef, the P2P baseline, the mask
+   ablations and SPEC's map blocks; and the same edit with a plain, striped and dotted star as the reference
+   (does the region take *the reference's* texture, or just a texture?).
 4. Where the words' cross-attention goes (what mask_t reads): IoU of mask_t with the object, and the shape
    word's attention on the object against elsewhere, on one- and two-object scenes.
 """
@@ -35,7 +37,7 @@ from model.attention import AttentionHook, AttnSite  # noqa: E402
 from specref.images import psnr, to_pil, to_tensor  # noqa: E402
 from specref.config import BLEND_BLOCKS  # noqa: E402
 from specref.words import word_token_indices  # noqa: E402
-from toy_scenes import BACKGROUNDS, COLOURS, SHAPES, Scene, draw  # noqa: E402
+from toy_scenes import BACKGROUNDS, COLOURS, PERIOD, SHAPES, TEXTURES, Scene, draw, texture_pattern  # noqa: E402
 
 EXAMPLE = ROOT / "assets" / "examples" / "toy-checker"
 
@@ -81,6 +83,25 @@ def pattern_fraction(img: Image.Image, where: np.ndarray) -> float:
     of the region's bright level (90th percentile). A checker is ~0.5; a plain object, or one on gray, ~0."""
     lum = (arr(img) @ np.array([0.299, 0.587, 0.114]))[where]
     return float((lum < 0.5 * np.percentile(lum, 90)).mean())
+
+
+def texture_scores(img: Image.Image, where: np.ndarray, obj: Scene) -> dict[str, float]:
+    """How much the luminance where `where` is True looks like each drawn texture of `obj`'s shape and place:
+    normalised correlation with the texture's pattern, best over the pattern's phases (one period of shifts).
+    A drawn texture scores ~1 against its own kind, and stripes ~0 against a checker (their frequencies differ)."""
+    lum = (arr(img) @ np.array([0.299, 0.587, 0.114]))[where]
+    lum = lum - lum.mean()
+    scores = {}
+    for texture in TEXTURES[1:]:
+        pattern = -texture_pattern(obj.with_(texture=texture), img.width).astype(np.float64)  # dark where True
+        best = -1.0
+        for dy in range(0, PERIOD, 2):
+            for dx in range(0, PERIOD, 2):
+                tpl = np.roll(pattern, (dy, dx), axis=(0, 1))[where]
+                tpl = tpl - tpl.mean()
+                best = max(best, float(lum @ tpl / (np.linalg.norm(lum) * np.linalg.norm(tpl) + 1e-9)))
+        scores[texture] = best
+    return scores
 
 
 def nearest(colour: np.ndarray, table: dict[str, tuple[int, int, int]]) -> str:
@@ -192,8 +213,10 @@ def run_example(sd: StableDiffusion, cfg: specref.EditConfig, reference: Scene |
     return specref.edit(sd, EXAMPLE / "source.png", image, cfg, reference_mask_file=mask, progress=False)
 
 
-# The shipped reference's controls: does the region take *the reference's* texture, or a texture?
+# The shipped reference's controls: does the region take *the reference's* texture, or a texture? And its
+# colour, or the model's prior for an uncoloured "circle" (yellow)?
 REFERENCE_CONTROLS = [Scene("star", "yellow", t, "black") for t in ("plain", "striped", "dotted")]
+COLOUR_CONTROLS = [Scene("star", c, "checkered", "black") for c in ("blue", "green", "purple")]
 
 
 def source_regions(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,9 +227,9 @@ def source_regions(size: int) -> tuple[np.ndarray, np.ndarray]:
     return erode(obj, 3), ~dilate(obj, 8)
 
 
-def edit_metrics(res: specref.EditResult) -> dict[str, float]:
+def edit_metrics(res: specref.EditResult) -> dict[str, float | str]:
     """An edit of the shipped example measured against its source and reference (regions from the scene code)."""
-    from demo import REFERENCE
+    from demo import REFERENCE, SOURCE
     src, ref = Image.open(EXAMPLE / "source.png"), Image.open(EXAMPLE / "reference.png")
     (inside, outside), ref_in = source_regions(src.width), erode(np.asarray(draw(REFERENCE, ref.width)[1]) > 127, 3)
     h_edit, h_ref = colour_hist(res.edit, inside), colour_hist(ref, ref_in)
@@ -215,7 +238,17 @@ def edit_metrics(res: specref.EditResult) -> dict[str, float]:
             "hist_to_source": hist_distance(h_edit, colour_hist(src, inside)),
             "texture_edit": texture_energy(res.edit, inside), "texture_reference": texture_energy(ref, ref_in),
             "pattern_edit": pattern_fraction(res.edit, inside), "pattern_reference": pattern_fraction(ref, ref_in),
-            "pattern_source": pattern_fraction(src, inside)}
+            "pattern_source": pattern_fraction(src, inside),
+            **{f"like_{k}": v for k, v in texture_scores(res.edit, inside, SOURCE).items()},
+            "colour_edit": object_colour(res.edit, inside)}
+
+
+def texture_kind(m: dict[str, float]) -> str:
+    """The texture an edit's region shows (edit_metrics): "plain" if under 5 % of it is in a pattern's dark
+    colour (a drawn dotted circle: 0.23), else the drawn texture it correlates with best (texture_scores)."""
+    if m["pattern_edit"] < 0.05:
+        return "plain"
+    return max(TEXTURES[1:], key=lambda t: m[f"like_{t}"])
 
 
 # Plain objects off-centre, for how well mask_t (the target word's blend-level cross-attention, SPEC §4.4)
@@ -356,8 +389,9 @@ def main() -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--samples", type=int, default=2, help="seeds per text-to-image prompt")
     p.add_argument("--grid", default=None, help="also save the text-to-image samples as one PNG (a row per prompt)")
-    p.add_argument("--edits", default=None, help="also save source, reference, SpecRef edit, P2P baseline, the edit "
-                   "without mask_t, the last two with TOY_MAP_BLOCKS, and the prompt-only colour edit as one PNG")
+    p.add_argument("--edits", default=None, help="also save as one PNG: source, reference, SpecRef edit, P2P baseline, "
+                   "the edit without mask_t, the last two with SPEC's map blocks, the prompt-only colour edit; "
+                   "then each reference of the controls table and its edit")
     args = p.parse_args()
     sd = weights.load_model(args.model)
     images: list[Image.Image] = []
@@ -372,21 +406,26 @@ def main() -> int:
         r, v = reconstruction_psnr(sd, scene)
         print(f"| {scene.caption()} | {r:.2f} dB | {v:.2f} dB |")
     runs = {"SpecRef (both masks)": {}, "P2P baseline (no reference)": {"use_reference": False},
-            "only mask_s (no mask_t)": {"masks": "s"}, "only mask_t": {"masks": "t"}, "no masks": {"masks": "none"}}
+            "only mask_s (no mask_t)": {"masks": "s"}, "only mask_t": {"masks": "t"}, "no masks": {"masks": "none"},
+            "SpecRef, SPEC's map blocks": {"map_blocks": BLEND_BLOCKS},
+            "only mask_s, SPEC's map blocks": {"map_blocks": BLEND_BLOCKS, "masks": "s"}}
     results = {name: run_example(sd, example_config(**ch)) for name, ch in runs.items()}
     rows = {name: edit_metrics(r) for name, r in results.items()}
     keys = list(next(iter(rows.values())))
-    print("\n| edit | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+    print("\n| edit | " + " | ".join(keys) + " | texture |\n|---|" + "---|" * (len(keys) + 1))
     for name, m in rows.items():
-        print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
-    print("\n| reference (SpecRef edit, SPEC's map blocks) | pattern | background PSNR |\n|---|---|---|")
-    shipped = rows["SpecRef (both masks)"]
+        print(f"| {name} | " + " | ".join(v if isinstance(v := m[k], str) else f"{v:.3f}" for k in keys)
+              + f" | {texture_kind(m)} |")
     from demo import REFERENCE
-    print(f"| the shipped one, {REFERENCE.caption()} | "
-          f"{shipped['pattern_edit']:.2f} | {shipped['background_psnr']:.1f} dB |")
-    for ref in REFERENCE_CONTROLS:
-        m = edit_metrics(run_example(sd, example_config(), ref))
-        print(f"| {ref.caption()} | {m['pattern_edit']:.2f} | {m['background_psnr']:.1f} dB |")
+    controls = {REFERENCE: results["SpecRef (both masks)"]}
+    controls.update({ref: run_example(sd, example_config(), ref) for ref in REFERENCE_CONTROLS + COLOUR_CONTROLS})
+    print("\n| reference (SpecRef edit) | pattern | like striped / dotted / checkered | texture | colour "
+          "| background PSNR |\n|---|---|---|---|---|---|")
+    for ref, res in controls.items():
+        m = edit_metrics(res)
+        print(f"| {ref.caption(background=False)} | {m['pattern_edit']:.2f} | "
+              + " / ".join(f"{m[f'like_{t}']:.2f}" for t in TEXTURES[1:])
+              + f" | {texture_kind(m)} | {m['colour_edit']} | {m['background_psnr']:.1f} dB |")
     for blocks in ((10, 11, 12), (13, 14, 15)):
         h = [self_attention_entropy(sd, scene, blocks) for scene in MASK_T_SCENES]
         print(f"self-attention entropy (1 = uniform), blocks {blocks}: " + " / ".join(f"{v:.2f}" for v in h))
@@ -400,22 +439,15 @@ def main() -> int:
         print(f"| {','.join(map(str, blocks))} | " + " / ".join(f"{v:.2f}" for v in ious) + " | "
               + " / ".join(f"{w['word_contrast']:.2f}" for w in wa) + " | "
               + " / ".join(f"{w['padding_share']:.2f}" for w in wa) + " |")
-    toy_runs = {"SpecRef (both masks)": {}, "P2P baseline (no reference)": {"use_reference": False},
-                "only mask_s (no mask_t)": {"masks": "s"}}
-    toy_results = {name: run_example(sd, example_config(map_blocks=TOY_MAP_BLOCKS, **ch))
-                   for name, ch in toy_runs.items()}
-    print(f"\n| edit, map blocks {TOY_MAP_BLOCKS} | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
-    for name, r in toy_results.items():
-        m = edit_metrics(r)
-        print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
     colour_res = run_example(sd, example_config(flags=COLOUR_EDIT, use_reference=False))
     colour = colour_edit_metrics(colour_res)
     if args.edits:
         strip = [Image.open(EXAMPLE / "source.png"), Image.open(EXAMPLE / "reference.png"),
                  *(results[k].edit for k in ("SpecRef (both masks)", "P2P baseline (no reference)",
-                                             "only mask_s (no mask_t)")),
-                 *(toy_results[k].edit for k in ("SpecRef (both masks)", "only mask_s (no mask_t)")), colour_res.edit]
-        tile_grid(strip, len(strip)).save(args.edits)
+                                             "only mask_s (no mask_t)", "SpecRef, SPEC's map blocks",
+                                             "only mask_s, SPEC's map blocks")), colour_res.edit]
+        strip += [im for ref, res in controls.items() for im in (draw(ref, sd.native_size)[0], res.edit)]
+        tile_grid(strip, 8).save(args.edits)
     print("\nP2P 'a red circle' -> 'a blue circle' (no reference): "
           + ", ".join(f"{k} {v if isinstance(v, str) else round(v, 3)}" for k, v in colour.items()))
     half = run_example(weights.load_model(args.model, dtype=torch.bfloat16), example_config())

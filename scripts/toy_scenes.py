@@ -85,7 +85,7 @@ def _outline(scene: Scene, scale: float) -> tuple[str, list[float]]:
     raise ValueError(f"unknown shape {scene.shape!r}; choose from {SHAPES}")
 
 
-def _pattern(scene: Scene, n: int) -> np.ndarray:
+def texture_pattern(scene: Scene, n: int) -> np.ndarray:
     """Where the texture's second colour goes, [n, n] bool (n = drawing size); aligned to the object centre."""
     yy, xx = np.mgrid[:n, :n] / n * SIZE  # in 128² pixel units
     yy, xx = yy - scene.cy * SIZE + PERIOD / 4, xx - scene.cx * SIZE + PERIOD / 4
@@ -110,7 +110,7 @@ def _paint(arr: np.ndarray, scene: Scene) -> Image.Image:
     getattr(ImageDraw.Draw(mask), kind)(coords, fill=255)
     colour = np.array(COLOURS[scene.colour], np.float32)
     second = colour * 0.3  # the darker pattern colour
-    obj = np.where(_pattern(scene, n)[..., None], second, colour)
+    obj = np.where(texture_pattern(scene, n)[..., None], second, colour)
     m = np.asarray(mask, np.float32)[..., None] / 255
     arr *= 1 - m
     arr += m * obj

@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """Train the embedded demo model (assets/toy-sd): a small SD v1-architecture model on synthetic scenes.
 
-    python scripts/train_toy.py [--out assets/toy-sd] [--seed 0] [--vae-steps 1000] [--unet-steps 2500]
+    python scripts/train_toy.py [--out assets/toy-sd] [--seed 0] [--vae-steps 1000] [--unet-steps 2000] \
+        [--sr-steps 1200]
 
 Same UNet/VAE/CLIP code and config format as SD v1 (4 UNet levels, 16 transformer blocks, 8x VAE, the real
 CLIP tokenizer), small widths, 128² images (16² latents: every SD v1 attention level exists, down to 2² mid).
 Stage 1 trains the VAE (L1 + MSE, KL 1e-6 as in SD), stage 2 the UNet and text encoder together
 (epsilon prediction on the SD v1 noise schedule with offset noise and Min-SNR weights, 10 % empty captions
-for classifier-free guidance, EMA).
-CPU-only and deterministic for a given seed and thread count; about 40 minutes on 2 cores.
+for classifier-free guidance, EMA). Stage 3 fine-tunes both on pairs of scenes through SR-attn
+(PairedSRAttention): what real SD learnt from web-scale images, that self-attention can find an object's
+look in another image, this model is taught on purpose; the editor itself is training-free and unchanged.
+CPU-only and deterministic for a given seed and thread count; about 43 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -24,14 +27,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from model import (CLIPTextConfig, CLIPTextEncoder, CLIPTokenizer, StableDiffusion, UNet, UNetConfig,  # noqa: E402
-                   VAE, VAEConfig)
+from model import (AttentionHook, AttnSite, CLIPTextConfig, CLIPTextEncoder, CLIPTokenizer,  # noqa: E402
+                   StableDiffusion, UNet, UNetConfig, VAE, VAEConfig, attention)
 from sampling import DDIM  # noqa: E402
-from toy_scenes import SIZE, batch, random_caption, random_scene  # noqa: E402
+from specref.srattn import sr_attention  # noqa: E402
+from toy_scenes import SIZE, Scene, draw, random_caption, random_scene  # noqa: E402
 from weights.save import save_folder  # noqa: E402
 
 # Small widths in the SD v1 layout. The VAE has 1 resnet per level (SD: 2) to fit the CPU budget.
@@ -67,11 +73,15 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 50) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
 
-def make_pool(n: int, seed: int) -> tuple[list, torch.Tensor]:
-    """n random scenes and their images as uint8 [n, 3, 128, 128]."""
+def make_pool(n: int, seed: int) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """n random scenes, their images as uint8 [n, 3, 128, 128] and object masks at the latent size, [n, 16, 16]
+    (the fraction of each latent pixel the object covers)."""
     rng = np.random.default_rng(seed)
     scenes = [random_scene(rng) for _ in range(n)]
-    return scenes, torch.from_numpy(batch(scenes))
+    drawn = [draw(s) for s in scenes]
+    images = np.stack([np.asarray(im).transpose(2, 0, 1) for im, _ in drawn])
+    masks = torch.from_numpy(np.stack([np.asarray(m) for _, m in drawn])).float().div(255)
+    return scenes, torch.from_numpy(images), F.avg_pool2d(masks[:, None], 8)[:, 0]
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -131,17 +141,21 @@ def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.nd
             yield perm[i:i + batch_size]
 
 
-def train_unet(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, latents: torch.Tensor, scenes: list,
-               steps: int, seed: int, batch_size: int = 32, lr: float = 5e-4, ema_decay: float = 0.999,
-               amp: bool = False, min_snr: float | None = MIN_SNR, offset_noise: float = OFFSET_NOISE,
-               log: Callable[[str], None] = print) -> tuple[list[float], dict]:
-    """Stage 2: UNet + text encoder, epsilon prediction; returns the losses and the EMA weights.
+# One training batch: clean latents, captions, the attention hook to train with (None: the plain model) and
+# per-pixel loss weights at the latent size ([B, 1, 16, 16], or None: uniform).
+Batch = tuple[Tensor, list[str], "PairedSRAttention | None", "Tensor | None"]
+
+
+def diffusion_training(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, next_batch: Callable[[], Batch],
+                       steps: int, gen: torch.Generator, lr: float, warmup: int, ema_decay: float,
+                       min_snr: float | None, offset_noise: float, name: str,
+                       log: Callable[[str], None]) -> tuple[list[float], dict]:
+    """UNet + text encoder, epsilon prediction on the SD v1 schedule; returns the losses and the EMA weights.
 
     min_snr: Min-SNR-gamma loss weights (Hang et al. 2023), min(SNR, gamma) / SNR for epsilon prediction:
     less weight on the nearly clean steps, where the loss is easy and the text matters least.
     offset_noise: std of a per-image, per-channel constant added to the noise (see OFFSET_NOISE).
     """
-    rng, gen = np.random.default_rng(seed + 1), torch.Generator().manual_seed(seed + 1)
     alpha_bar = DDIM(1, SCHEDULER).alphas_cumprod  # the schedule train() saves with the model
     snr = alpha_bar / (1 - alpha_bar)
     weight = snr.clamp(max=min_snr) / snr if min_snr else torch.ones_like(snr)
@@ -149,20 +163,22 @@ def train_unet(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, late
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     modules = {"unet": unet, "text_encoder": text}
     ema = {k: copy.deepcopy(m).requires_grad_(False) for k, m in modules.items()}
-    losses, t0, order = [], time.time(), batches(len(latents), batch_size, rng)
+    losses, t0 = [], time.time()
     for step in range(steps):
-        idx = next(order)
-        x0 = latents[idx]
-        ids = tokenizer([random_caption(scenes[i], rng) for i in idx])
-        t = torch.randint(0, len(alpha_bar), (len(idx),), generator=gen)
+        x0, captions, hook, pixel_weight = next_batch()
+        ids = tokenizer(captions)
+        t = torch.randint(0, len(alpha_bar), (len(x0),), generator=gen)
+        if hook is not None:
+            t = hook.share_timesteps(t)
         noise = torch.randn(x0.shape, generator=gen)
         noise = noise + offset_noise * torch.randn((*x0.shape[:2], 1, 1), generator=gen)
         a = alpha_bar[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup=100)
-        with autocast(amp):
-            err = ((unet(xt, t, text(ids)).float() - noise) ** 2).mean(dim=(1, 2, 3))
+            g["lr"] = lr_at(step, steps, lr, warmup=warmup)
+        with unet.hooked(hook, SR_BLOCKS, ("self",)) if hook else contextlib.nullcontext():
+            err = (unet(xt, t, text(ids)).float() - noise) ** 2
+        err = (err if pixel_weight is None else err * pixel_weight).mean(dim=(1, 2, 3))
         loss = (err * weight[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -175,16 +191,102 @@ def train_unet(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, late
                     pe.lerp_(p, 1 - decay)
         losses.append(float(loss.detach()))
         if (step + 1) % 50 == 0 or step == steps - 1:
-            log(f"unet step {step + 1}/{steps}  loss {np.mean(losses[-50:]):.4f}  {time.time() - t0:.0f}s")
+            log(f"{name} step {step + 1}/{steps}  loss {np.mean(losses[-50:]):.4f}  {time.time() - t0:.0f}s")
     return losses, ema
 
 
-def train(seed: int = 0, vae_steps: int = 1000, unet_steps: int = 2500, pool: int = 4000, amp: bool = True,
-          log: Callable[[str], None] = print) -> tuple[StableDiffusion, dict]:
-    """Both stages from scratch; returns the model (EMA weights) and a training record."""
+def train_unet(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, latents: torch.Tensor, scenes: list,
+               steps: int, seed: int, batch_size: int = 32, lr: float = 5e-4, ema_decay: float = 0.999,
+               min_snr: float | None = MIN_SNR, offset_noise: float = OFFSET_NOISE,
+               log: Callable[[str], None] = print) -> tuple[list[float], dict]:
+    """Stage 2: text-to-image on single scenes, 10 % empty captions; returns the losses and the EMA weights."""
+    rng, gen = np.random.default_rng(seed + 1), torch.Generator().manual_seed(seed + 1)
+    order = batches(len(latents), batch_size, rng)
+
+    def next_batch() -> Batch:
+        idx = next(order)
+        return latents[idx], [random_caption(scenes[i], rng) for i in idx], None, None
+
+    return diffusion_training(unet, text, tokenizer, next_batch, steps, gen, lr, 100, ema_decay, min_snr,
+                              offset_noise, "unet", log)
+
+
+# Stage 3 trains SR-attn's blocks (SPEC §4.4's default SR layers, up blocks 2-3).
+SR_BLOCKS = range(10, 16)
+# Stage 3's loss weight on a target's object pixels (1 elsewhere): the texture is a small part of the whole
+# image's error, and with uniform weights 300 steps learnt to copy the reference's colour but not its texture.
+OBJECT_WEIGHT = 5.0
+SR_STEPS = 1200
+
+
+class PairedSRAttention(AttentionHook):
+    """Stage 3's self-attention in SR_BLOCKS: a batch is [references..., targets...]; each target attends to its
+    reference's object keys inside its own object, exactly as SR-attn does in an edit (specref.srattn), with the
+    drawn object masks as mask_s (reference) and mask_t (target). References attend to themselves."""
+
+    def __init__(self, mask_ref: Tensor, mask_tgt: Tensor):
+        self.mask_ref, self.mask_tgt = mask_ref, mask_tgt  # [n, 16, 16] object coverage at the latent size
+
+    @staticmethod
+    def at(mask: Tensor, hw: tuple[int, int]) -> Tensor:
+        """Coverage [n, 16, 16] -> [n, H*W] bool at a layer's size: pixels at least half covered (any, if none is)."""
+        m = F.adaptive_avg_pool2d(mask[:, None], hw).flatten(1)
+        return torch.where((m >= 0.5).any(dim=1, keepdim=True), m >= 0.5, m > 0)
+
+    def share_timesteps(self, t: Tensor) -> Tensor:
+        """A target is noised to its reference's step, as the edit reads the reference's features at its own step."""
+        n = len(t) // 2
+        return torch.cat([t[:n], t[:n]])
+
+    def replace_output(self, site: AttnSite, step: int | None, q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
+        n, hw = len(q) // 2, (site.height, site.width)
+        refs = attention(q[:n], k[:n], v[:n], site.heads)
+        targets = sr_attention(q[n:], k[n:], v[n:], k[:n], v[:n], site.heads, self.at(self.mask_ref, hw),
+                               self.at(self.mask_tgt, hw))
+        return torch.cat([refs, targets])
+
+
+def pair_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A stage-3 target's caption: never the texture, the colour half the time, so the reference must supply them."""
+    return scene.caption(colour=rng.random() < 0.5, texture=False, background=rng.random() > 0.25)
+
+
+def train_reference_attention(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, latents: torch.Tensor,
+                              masks: torch.Tensor, scenes: list, steps: int, seed: int, pairs: int = 8,
+                              lr: float = 5e-4, ema_decay: float = 0.999, object_weight: float = OBJECT_WEIGHT,
+                              log: Callable[[str], None] = print) -> tuple[list[float], dict]:
+    """Stage 3: fine-tune on pairs of scenes whose objects share colour and texture (any shape, place, background),
+    the second one denoised through SR-attn to the first (PairedSRAttention) with a caption that omits the texture.
+
+    Real SD's self-attention matches corresponding pixels across images from web-scale training; this toy model's
+    never needed to (its self-attention is nearly uniform), so it is taught that here. The editor is unchanged.
+    """
+    rng, gen = np.random.default_rng(seed + 2), torch.Generator().manual_seed(seed + 2)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, s in enumerate(scenes):
+        groups.setdefault((s.colour, s.texture), []).append(i)
+    order = batches(len(latents), pairs, rng)
+
+    def next_batch() -> Batch:
+        refs = next(order)
+        # another scene with the same object colour and texture (the reference itself only in a tiny pool)
+        tgts = np.array([rng.choice([j for j in groups[(scenes[i].colour, scenes[i].texture)] if j != i] or [i])
+                         for i in refs])
+        captions = [random_caption(scenes[i], rng) for i in refs] + [pair_caption(scenes[j], rng) for j in tgts]
+        idx = np.concatenate([refs, tgts])
+        weight = torch.cat([torch.ones_like(masks[refs]), 1 + (object_weight - 1) * masks[tgts]])[:, None]
+        return latents[idx], captions, PairedSRAttention(masks[refs], masks[tgts]), weight
+
+    return diffusion_training(unet, text, tokenizer, next_batch, steps, gen, lr, 20, ema_decay, MIN_SNR,
+                              OFFSET_NOISE, "sr  ", log)
+
+
+def train(seed: int = 0, vae_steps: int = 1000, unet_steps: int = 2000, sr_steps: int = SR_STEPS, pool: int = 4000,
+          amp: bool = True, log: Callable[[str], None] = print) -> tuple[StableDiffusion, dict]:
+    """All three stages from scratch; returns the model (EMA weights) and a training record."""
     torch.manual_seed(seed)
     times, t0 = {}, time.time()
-    scenes, images = make_pool(pool, seed)
+    scenes, images, masks = make_pool(pool, seed)
     times["data_s"] = time.time() - t0
     vae, unet, text = VAE(VAE_CONFIG), UNet(UNET_CONFIG), CLIPTextEncoder(TEXT_CONFIG)
     t0 = time.time()
@@ -200,15 +302,23 @@ def train(seed: int = 0, vae_steps: int = 1000, unet_steps: int = 2500, pool: in
     tokenizer = CLIPTokenizer.bundled()
     unet_losses, ema = train_unet(unet, text, tokenizer, means * scale, scenes, unet_steps, seed, log=log)
     times["unet_s"] = time.time() - t0
+    t0 = time.time()
+    sr_losses: list[float] = []
+    if sr_steps:  # stage 3 fine-tunes stage 2's averaged weights
+        unet, text = (copy.deepcopy(ema[k]).requires_grad_(True) for k in ("unet", "text_encoder"))
+        sr_losses, ema = train_reference_attention(unet, text, tokenizer, means * scale, masks, scenes, sr_steps,
+                                                   seed, log=log)
+    times["sr_s"] = time.time() - t0
     sd = StableDiffusion(tokenizer, ema["text_encoder"].eval(), ema["unet"].eval(), vae, scale, dict(SCHEDULER))
-    record = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "pool": pool, "vae_amp_bfloat16": amp,
-              "unet_heads": list(HEADS), "min_snr_gamma": MIN_SNR, "offset_noise": OFFSET_NOISE,
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "scaling_factor": scale,
-              "seconds": {k: round(v, 1) for k, v in times.items()},
-              "vae_loss_first": vae_losses[:5], "unet_loss_first": unet_losses[:5],
-              "vae_loss_curve": [round(float(np.mean(vae_losses[i:i + 50])), 5) for i in range(0, len(vae_losses), 50)],
-              "unet_loss_curve": [round(float(np.mean(unet_losses[i:i + 50])), 5)
-                                  for i in range(0, len(unet_losses), 50)]}
+    curve = lambda losses: [round(float(np.mean(losses[i:i + 50])), 5) for i in range(0, len(losses), 50)]  # noqa: E731
+    record = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "sr_steps": sr_steps, "pool": pool,
+              "vae_amp_bfloat16": amp, "unet_heads": list(HEADS), "min_snr_gamma": MIN_SNR,
+              "offset_noise": OFFSET_NOISE, "sr_blocks": [SR_BLOCKS.start, SR_BLOCKS.stop],
+              "sr_object_weight": OBJECT_WEIGHT, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "scaling_factor": scale, "seconds": {k: round(v, 1) for k, v in times.items()},
+              "vae_loss_first": vae_losses[:5], "unet_loss_first": unet_losses[:5], "sr_loss_first": sr_losses[:5],
+              "vae_loss_curve": curve(vae_losses), "unet_loss_curve": curve(unet_losses),
+              "sr_loss_curve": curve(sr_losses)}
     return sd, record
 
 
@@ -218,12 +328,13 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "assets" / "toy-sd"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-steps", type=int, default=1000)
-    p.add_argument("--unet-steps", type=int, default=2500)
+    p.add_argument("--unet-steps", type=int, default=2000)
+    p.add_argument("--sr-steps", type=int, default=SR_STEPS, help="stage 3 (reference attention) steps; 0: none")
     p.add_argument("--pool", type=int, default=4000, help="number of distinct training scenes")
     p.add_argument("--no-amp", action="store_true", help="train the VAE in float32 instead of bfloat16 autocast")
     args = p.parse_args()
     t0 = time.time()
-    sd, record = train(args.seed, args.vae_steps, args.unet_steps, args.pool, amp=not args.no_amp,
+    sd, record = train(args.seed, args.vae_steps, args.unet_steps, args.sr_steps, args.pool, amp=not args.no_amp,
                        log=lambda s: print(s, flush=True))
     record["seconds"]["total"] = round(time.time() - t0, 1)
     out = save_folder(sd, args.out, dtype=torch.float16)

@@ -34,6 +34,22 @@ def test_masked_softmax_hand_computed():
         assert torch.allclose(sr_attention(q, k, v, k_ref, v_ref, 1, None, None, fused=fused), ones, atol=1e-6)
 
 
+def test_batched_sr_attention_is_each_element_on_its_own():
+    # train_toy's reference-attention stage calls sr_attention on a batch of pairs, with per-element masks
+    g = torch.Generator().manual_seed(0)
+    q, k, v, k_ref, v_ref = (torch.randn(3, 6, 8, generator=g) for _ in range(5))
+    mask_s = torch.rand(3, 6, generator=g) > 0.5
+    mask_s[:, 0] = True
+    mask_t = torch.rand(3, 6, generator=g)  # soft weights are allowed, as in the blend formula
+    out = sr_attention(q, k, v, k_ref, v_ref, 2, mask_s, mask_t)
+    for b in range(3):
+        one = sr_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], k_ref[b:b + 1], v_ref[b:b + 1], 2, mask_s[b], mask_t[b])
+        assert torch.allclose(out[b:b + 1], one, atol=1e-6)
+    mask_s[1] = False
+    with pytest.raises(ValueError, match="mask_s selects no reference key"):
+        sr_attention(q, k, v, k_ref, v_ref, 2, mask_s, mask_t)
+
+
 def test_all_keys_masked_is_an_error_not_nan():
     q = k = v = torch.randn(1, 4, 8)
     with pytest.raises(ValueError, match="mask_s selects no reference key"):
