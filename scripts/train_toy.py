@@ -11,7 +11,7 @@ Stage 1 trains the VAE (L1 + MSE, KL 1e-6 as in SD), stage 2 the UNet and text e
 for classifier-free guidance, EMA). Stage 3 fine-tunes both on pairs of scenes through SR-attn
 (PairedSRAttention): what real SD learnt from web-scale images, that self-attention can find an object's
 look in another image, this model is taught on purpose; the editor itself is training-free and unchanged.
-CPU-only and deterministic for a given seed and thread count; about 43 minutes on 2 cores.
+CPU-only and deterministic for a given seed and thread count; about 37 minutes on 2 cores.
 """
 from __future__ import annotations
 
