@@ -26,12 +26,15 @@ from toy_scenes import Scene, draw  # noqa: E402
 EXAMPLE = ROOT / "assets" / "examples" / "toy-checker"
 SOURCE = Scene("circle", "red", "plain", "gray")
 REFERENCE = Scene("star", "yellow", "checkered", "black")
+# Where the demo model's words find their objects (eval_toy.word_attention): the 8x8 cross-attention of up block 2,
+# not SPEC §4.3's latent/4 level (4x4 maps at 128², where a word's attention is spread over the image).
+TOY_MAP_BLOCKS = (10, 11, 12)
 # The edit, as `python -m specref edit` flags (also written to the example folder as edit.json).
 EDIT = ["--source-prompt", "a red circle on a gray background", "--target-prompt", "a circle on a gray background",
         "--mode", "refine", "--target-words", "circle", "--blend-words", "red,circle;circle",
         "--self-replace-steps", "0.4", "--thres", "0.6", "--sr-layers", "10-16",
-        "--map-blocks", "10,11,12"]  # + --sr-steps 10-50, scaled to --steps
-# The map blocks above are the demo model's word level; other models get SPEC's (§4.3), the editor's default.
+        "--map-blocks", ",".join(map(str, TOY_MAP_BLOCKS))]  # + --sr-steps 10-50, scaled to --steps
+# Other models get SPEC's map blocks (§4.3), the editor's default.
 SPEC_MAP_BLOCKS = ["--map-blocks", ",".join(map(str, BLEND_BLOCKS))]
 
 

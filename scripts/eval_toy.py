@@ -37,6 +37,7 @@ from model.attention import AttentionHook, AttnSite  # noqa: E402
 from specref.images import psnr, to_pil, to_tensor  # noqa: E402
 from specref.config import BLEND_BLOCKS  # noqa: E402
 from specref.words import word_token_indices  # noqa: E402
+from demo import TOY_MAP_BLOCKS  # noqa: E402
 from toy_scenes import BACKGROUNDS, COLOURS, PERIOD, SHAPES, TEXTURES, Scene, draw, texture_pattern  # noqa: E402
 
 EXAMPLE = ROOT / "assets" / "examples" / "toy-checker"
@@ -243,7 +244,7 @@ def edit_metrics(res: specref.EditResult) -> dict[str, float | str]:
             "colour_edit": object_colour(res.edit, inside)}
 
 
-def texture_kind(m: dict[str, float]) -> str:
+def texture_kind(m: dict[str, float | str]) -> str:
     """The texture an edit's region shows (edit_metrics): "plain" if under 5 % of it is in a pattern's dark
     colour (a drawn dotted circle: 0.23), else the drawn texture it correlates with best (texture_scores)."""
     if m["pattern_edit"] < 0.05:
@@ -269,10 +270,6 @@ def mask_t_iou(sd: StableDiffusion, scene: Scene, cfg: specref.EditConfig) -> fl
     obj = np.asarray(obj.resize(mt.shape[::-1], Image.Resampling.BOX)) > 127
     return float((mt & obj).sum() / max((mt | obj).sum(), 1))
 
-
-# Where this model's words find their objects (measured with word_attention): the 8x8 cross-attention of up
-# block 2, not SPEC §4.3's latent/4 level (4x4 maps at 128², where a word's attention is spread over the image).
-TOY_MAP_BLOCKS = (10, 11, 12)
 
 # Two objects side by side: does the first object's word find it, and not the other one?
 MASK_T_PAIRS = [Scene("circle", "red", "plain", "gray", 0.28, 0.5, 0.17,

@@ -127,8 +127,3 @@ def draw(scene: Scene, size: int = SIZE) -> tuple[Image.Image, Image.Image]:
         _paint(arr, scene.other)
     img = Image.fromarray(arr.round().astype(np.uint8)).resize((size, size), Image.Resampling.BOX)
     return img, mask.resize((size, size), Image.Resampling.BOX).point(lambda v: 255 if v >= 128 else 0)
-
-
-def batch(scenes: list[Scene], size: int = SIZE) -> np.ndarray:
-    """Scenes -> uint8 [B, 3, size, size]."""
-    return np.stack([np.asarray(draw(s, size)[0]).transpose(2, 0, 1) for s in scenes])
