@@ -3,9 +3,10 @@
 The inputs are the shipped synthetic example (assets/examples/toy-checker: source, reference and mask drawn
 by scripts/toy_scenes.py): "a red circle" becomes "a circle" that takes the reference's (a yellow checkered
 star's) colour and a pattern, which no prompt names; `--baseline` also runs the Prompt-to-Prompt baseline (no
-reference), which can only follow the words and keeps the red. The demo model draws every pattern as stripes,
-the checker too (assets/toy-sd/README.md). mask_t and Local Blend read this model's word level, up block
-2's 8x8 maps (`--map-blocks 10,11,12`; SPEC's 4x4 level misses the object; assets/toy-sd/README.md).
+reference), which can only follow the words and keeps the red. The demo model carries the reference's colour
+and plain vs patterned, not the kind of pattern: the checker comes out as stripes (assets/toy-sd/README.md).
+mask_t and Local Blend read this model's word level, up block 2's 8x8 maps (`--map-blocks 10,11,12`; SPEC's
+4x4 level misses the object; assets/toy-sd/README.md).
 `--model` runs the same edit on other SD v1 weights (diffusers folder, .safetensors/.ckpt, or a Hub repo id)
 with SPEC's map blocks; images are then resized to that model's native size.
 """

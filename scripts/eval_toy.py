@@ -5,7 +5,8 @@
 
 1. Text-to-image: for prompts naming colour, texture, shape and background, is the generated object (pixels
    unlike the border) of the named colour (nearest named colour), shape (best IoU against the drawn shapes) and
-   texture (plain vs textured), on the named background?
+   texture (plain vs textured; and the kind: plain or the drawn texture it correlates with best), on the named
+   background?
 2. Reconstruction: DDIM-invert the model's own scenes and regenerate them; PSNR to the source.
 3. Edits on the shipped example: background PSNR outside the dilated source object, and inside it the
    distance of the colour histogram to the reference and the source object, the texture energy, the pattern
@@ -117,6 +118,7 @@ class Reading:
     colour: str
     shape: str
     textured: bool
+    texture: str  # the kind: "plain" or the drawn texture it looks most like (region_texture)
     background: str
 
 
@@ -129,7 +131,7 @@ def read_scene(img: Image.Image) -> Reading:
     obj = np.sqrt(((a - bg) ** 2).sum(-1)) > 60
     obj = erode(dilate(obj, 4), 4)  # close the gaps a texture leaves
     if obj.sum() < 50:
-        return Reading("none", "none", False, nearest(bg, BACKGROUNDS))
+        return Reading("none", "none", False, "none", nearest(bg, BACKGROUNDS))
     ys, xs = np.nonzero(obj)
     cy, cx, r = ys.mean() / a.shape[0], xs.mean() / a.shape[1], np.sqrt(obj.mean() / np.pi)
 
@@ -141,8 +143,10 @@ def read_scene(img: Image.Image) -> Reading:
         return best
 
     inner = erode(obj, 3) if erode(obj, 3).sum() > 20 else obj
-    return Reading(object_colour(img, inner), max(SHAPES, key=iou), texture_energy(img, inner) > 25,
-                   nearest(bg, BACKGROUNDS))
+    shape = max(SHAPES, key=iou)
+    scores = texture_scores(img, inner, Scene(shape, "white", "plain", "black", cx, cy, r))
+    return Reading(object_colour(img, inner), shape, texture_energy(img, inner) > 25,
+                   region_texture(pattern_fraction(img, inner), scores), nearest(bg, BACKGROUNDS))
 
 
 def object_colour(img: Image.Image, where: np.ndarray) -> str:
@@ -162,10 +166,10 @@ def sample_image(sd: StableDiffusion, prompt: str, seed: int = 0, steps: int = 3
 
 def text_to_image(sd: StableDiffusion, scenes: list[Scene], seeds: int = 2, steps: int = 30,
                   guidance: float = 5.0, images: list[Image.Image] | None = None) -> dict[str, float]:
-    """Fraction of samples whose colour, shape, texture (plain vs not), background match the prompt.
+    """Fraction of samples whose colour, shape, texture (plain vs not; its kind), background match the prompt.
 
     The samples are appended to `images` when given (scene-major, then seed)."""
-    hits = {"colour": 0, "shape": 0, "texture": 0, "background": 0}
+    hits = {"colour": 0, "shape": 0, "texture": 0, "texture kind": 0, "background": 0}
     n = 0
     for scene in scenes:
         for seed in range(seeds):
@@ -176,6 +180,7 @@ def text_to_image(sd: StableDiffusion, scenes: list[Scene], seeds: int = 2, step
             hits["colour"] += got.colour == scene.colour
             hits["shape"] += got.shape == scene.shape
             hits["texture"] += got.textured == (scene.texture != "plain")
+            hits["texture kind"] += got.texture == scene.texture
             hits["background"] += got.background == scene.background
             n += 1
     return {k: v / n for k, v in hits.items()}
@@ -215,9 +220,10 @@ def run_example(sd: StableDiffusion, cfg: specref.EditConfig, reference: Scene |
 
 
 # The shipped reference's controls: does the region take *the reference's* texture, or a texture? And its
-# colour, or the model's prior for an uncoloured "circle" (yellow)?
+# colour, or the model's prior for an uncoloured "circle"? The other yellow stars, then each pattern in three
+# other colours.
 REFERENCE_CONTROLS = [Scene("star", "yellow", t, "black") for t in ("plain", "striped", "dotted")]
-COLOUR_CONTROLS = [Scene("star", c, "checkered", "black") for c in ("blue", "green", "purple")]
+COLOUR_CONTROLS = [Scene("star", c, t, "black") for c in ("blue", "green", "purple") for t in TEXTURES[1:]]
 
 
 def source_regions(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,12 +250,15 @@ def edit_metrics(res: specref.EditResult) -> dict[str, float | str]:
             "colour_edit": object_colour(res.edit, inside)}
 
 
+def region_texture(pattern: float, scores: dict[str, float]) -> str:
+    """The texture a region shows: "plain" if under 5 % of it is in a pattern's dark colour (pattern_fraction; a
+    drawn dotted circle: 0.23), else the drawn texture it correlates with best (texture_scores)."""
+    return "plain" if pattern < 0.05 else max(scores, key=lambda t: scores[t])
+
+
 def texture_kind(m: dict[str, float | str]) -> str:
-    """The texture an edit's region shows (edit_metrics): "plain" if under 5 % of it is in a pattern's dark
-    colour (a drawn dotted circle: 0.23), else the drawn texture it correlates with best (texture_scores)."""
-    if m["pattern_edit"] < 0.05:
-        return "plain"
-    return max(TEXTURES[1:], key=lambda t: m[f"like_{t}"])
+    """The texture an edit's region shows (edit_metrics; region_texture)."""
+    return region_texture(float(m["pattern_edit"]), {t: float(m[f"like_{t}"]) for t in TEXTURES[1:]})
 
 
 # Plain objects off-centre, for how well mask_t (the target word's blend-level cross-attention, SPEC §4.4)
@@ -388,7 +397,7 @@ def main() -> int:
     p.add_argument("--grid", default=None, help="also save the text-to-image samples as one PNG (a row per prompt)")
     p.add_argument("--edits", default=None, help="also save as one PNG: source, reference, SpecRef edit, P2P baseline, "
                    "the edit without mask_t, the last two with SPEC's map blocks, the prompt-only colour edit; "
-                   "then each reference of the controls table and its edit")
+                   "then each reference of the controls table and its edit, a row per colour")
     args = p.parse_args()
     sd = weights.load_model(args.model)
     images: list[Image.Image] = []
@@ -443,7 +452,10 @@ def main() -> int:
                  *(results[k].edit for k in ("SpecRef (both masks)", "P2P baseline (no reference)",
                                              "only mask_s (no mask_t)", "SpecRef, SPEC's map blocks",
                                              "only mask_s, SPEC's map blocks")), colour_res.edit]
-        strip += [im for ref, res in controls.items() for im in (draw(ref, sd.native_size)[0], res.edit)]
+        for i, (ref, res) in enumerate(controls.items()):  # a row per reference colour
+            if i and ref.colour != list(controls)[i - 1].colour:
+                strip += [Image.new("RGB", strip[0].size, (255, 255, 255))] * (-len(strip) % 8)
+            strip += [draw(ref, sd.native_size)[0], res.edit]
         tile_grid(strip, 8).save(args.edits)
     print("\nP2P 'a red circle' -> 'a blue circle' (no reference): "
           + ", ".join(f"{k} {v if isinstance(v, str) else round(v, 3)}" for k, v in colour.items()))
