@@ -253,7 +253,7 @@ def edit_metrics(res: specref.EditResult) -> dict[str, float | str]:
 def region_texture(pattern: float, scores: dict[str, float]) -> str:
     """The texture a region shows: "plain" if under 5 % of it is in a pattern's dark colour (pattern_fraction; a
     drawn dotted circle: 0.23), else the drawn texture it correlates with best (texture_scores)."""
-    return "plain" if pattern < 0.05 else max(scores, key=lambda t: scores[t])
+    return "plain" if pattern < 0.05 else max(scores, key=scores.__getitem__)
 
 
 def texture_kind(m: dict[str, float | str]) -> str:
@@ -452,9 +452,11 @@ def main() -> int:
                  *(results[k].edit for k in ("SpecRef (both masks)", "P2P baseline (no reference)",
                                              "only mask_s (no mask_t)", "SpecRef, SPEC's map blocks",
                                              "only mask_s, SPEC's map blocks")), colour_res.edit]
-        for i, (ref, res) in enumerate(controls.items()):  # a row per reference colour
-            if i and ref.colour != list(controls)[i - 1].colour:
+        row_colour = REFERENCE.colour
+        for ref, res in controls.items():  # a row per reference colour
+            if ref.colour != row_colour:
                 strip += [Image.new("RGB", strip[0].size, (255, 255, 255))] * (-len(strip) % 8)
+            row_colour = ref.colour
             strip += [draw(ref, sd.native_size)[0], res.edit]
         tile_grid(strip, 8).save(args.edits)
     print("\nP2P 'a red circle' -> 'a blue circle' (no reference): "
