@@ -381,9 +381,9 @@ EVAL_SCENES = [Scene(s, c, t, b) for s, c, t, b in [
 
 
 def tile_grid(images: list[Image.Image], cols: int) -> Image.Image:
-    """Equal-size images in rows of `cols`, left to right, top to bottom (for the model card's figures)."""
+    """Equal-size images in rows of `cols`, left to right, top to bottom, on white (for the model card's figures)."""
     w, h = images[0].size
-    grid = Image.new("RGB", (w * cols, h * -(-len(images) // cols)))
+    grid = Image.new("RGB", (w * cols, h * -(-len(images) // cols)), "white")
     for i, im in enumerate(images):
         grid.paste(im.convert("RGB"), (i % cols * w, i // cols * h))
     return grid

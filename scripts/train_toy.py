@@ -2,7 +2,7 @@
 """Train the embedded demo model (assets/toy-sd): a small SD v1-architecture model on synthetic scenes.
 
     python scripts/train_toy.py [--out assets/toy-sd] [--seed 0] [--vae-steps 1000] [--unet-steps 2000] \
-        [--sr-steps 1200]
+        [--sr-steps 1200] [--stage2 FILE] [--hide-pattern 0]
 
 Same UNet/VAE/CLIP code and config format as SD v1 (4 UNet levels, 16 transformer blocks, 8x VAE, the real
 CLIP tokenizer), small widths, 128² images (16² latents: every SD v1 attention level exists, down to 2² mid).
@@ -37,7 +37,7 @@ from model import (AttentionHook, AttnSite, CLIPTextConfig, CLIPTextEncoder, CLI
                    StableDiffusion, UNet, UNetConfig, VAE, VAEConfig, attention)
 from sampling import DDIM  # noqa: E402
 from specref.srattn import sr_attention  # noqa: E402
-from toy_scenes import SIZE, Scene, draw, random_caption, random_scene  # noqa: E402
+from toy_scenes import PERIOD, SIZE, Scene, draw, random_caption, random_scene  # noqa: E402
 from weights.save import save_folder  # noqa: E402
 
 # Small widths in the SD v1 layout. The VAE has 1 resnet per level (SD: 2) to fit the CPU budget.
@@ -141,9 +141,11 @@ def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.nd
             yield perm[i:i + batch_size]
 
 
-# One training batch: clean latents, captions, the attention hook to train with (None: the plain model) and
-# per-pixel loss weights at the latent size ([B, 1, 16, 16], or None: uniform).
-Batch = tuple[Tensor, list[str], "PairedSRAttention | None", "Tensor | None"]
+# One training batch: clean latents, captions, the attention hook to train with (None: the plain model), per-pixel
+# loss weights at the latent size ([B, 1, 16, 16], or None: uniform) and latents to noise in place of the clean
+# ones at t >= HIDE_FROM_T (None: the clean ones; see train_reference_attention's hide_pattern).
+Batch = tuple[Tensor, list[str], "PairedSRAttention | None", "Tensor | None", "Tensor | None"]
+HIDE_FROM_T = 200
 
 
 def diffusion_training(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, next_batch: Callable[[], Batch],
@@ -165,7 +167,7 @@ def diffusion_training(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokeniz
     ema = {k: copy.deepcopy(m).requires_grad_(False) for k, m in modules.items()}
     losses, t0 = [], time.time()
     for step in range(steps):
-        x0, captions, hook, pixel_weight = next_batch()
+        x0, captions, hook, pixel_weight, shown = next_batch()
         ids = tokenizer(captions)
         t = torch.randint(0, len(alpha_bar), (len(x0),), generator=gen)
         if hook is not None:
@@ -173,11 +175,13 @@ def diffusion_training(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokeniz
         noise = torch.randn(x0.shape, generator=gen)
         noise = noise + offset_noise * torch.randn((*x0.shape[:2], 1, 1), generator=gen)
         a = alpha_bar[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        shown = x0 if shown is None else torch.where((t >= HIDE_FROM_T).view(-1, 1, 1, 1), shown, x0)
+        xt = a.sqrt() * shown + (1 - a).sqrt() * noise
+        label = noise + (a / (1 - a)).sqrt() * (shown - x0)  # (xt - sqrt(a) x0) / sqrt(1 - a): x0's noise
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup=warmup)
         with unet.hooked(hook, SR_BLOCKS, ("self",)) if hook else contextlib.nullcontext():
-            err = (unet(xt, t, text(ids)).float() - noise) ** 2
+            err = (unet(xt, t, text(ids)).float() - label) ** 2
         err = (err if pixel_weight is None else err * pixel_weight).mean(dim=(1, 2, 3))
         loss = (err * weight[t]).mean()
         opt.zero_grad(set_to_none=True)
@@ -205,7 +209,7 @@ def train_unet(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, late
 
     def next_batch() -> Batch:
         idx = next(order)
-        return latents[idx], [random_caption(scenes[i], rng) for i in idx], None, None
+        return latents[idx], [random_caption(scenes[i], rng) for i in idx], None, None, None
 
     return diffusion_training(unet, text, tokenizer, next_batch, steps, gen, lr, 100, ema_decay, min_snr,
                               offset_noise, "unet", log)
@@ -254,9 +258,14 @@ def pair_caption(scene: Scene, rng: np.random.Generator) -> str:
 def train_reference_attention(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, latents: torch.Tensor,
                               masks: torch.Tensor, scenes: list, steps: int, seed: int, pairs: int = 8,
                               lr: float = 5e-4, ema_decay: float = 0.999, object_weight: float = OBJECT_WEIGHT,
+                              hide_pattern: float = 0.0, plain: Tensor | None = None,
                               log: Callable[[str], None] = print) -> tuple[list[float], dict]:
     """Stage 3: fine-tune on pairs of scenes whose objects share colour and texture (any shape, place, background),
     the second one denoised through SR-attn to the first (PairedSRAttention) with a caption that omits the texture.
+    hide_pattern: the fraction of targets whose noisy input shows their object plain (`plain`: the latents of the
+    scenes drawn plain) at t >= HIDE_FROM_T, while the loss still asks for the patterned object's noise: the
+    target's own pattern cannot be read off its input, so only the reference can supply it (an experiment, off in
+    the shipped recipe; assets/toy-sd/README.md).
 
     Real SD's self-attention matches corresponding pixels across images from web-scale training; this toy model's
     never needed to (its self-attention is nearly uniform), so it is taught that here. The editor is unchanged.
@@ -275,50 +284,83 @@ def train_reference_attention(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIP
         captions = [random_caption(scenes[i], rng) for i in refs] + [pair_caption(scenes[j], rng) for j in tgts]
         idx = np.concatenate([refs, tgts])
         weight = torch.cat([torch.ones_like(masks[refs]), 1 + (object_weight - 1) * masks[tgts]])[:, None]
-        return latents[idx], captions, PairedSRAttention(masks[refs], masks[tgts]), weight
+        shown = None
+        if hide_pattern:
+            hide = torch.from_numpy(rng.random(len(tgts)) < hide_pattern)
+            shown = torch.cat([latents[refs], torch.where(hide.view(-1, 1, 1, 1), plain[tgts], latents[tgts])])
+        return latents[idx], captions, PairedSRAttention(masks[refs], masks[tgts]), weight, shown
 
     return diffusion_training(unet, text, tokenizer, next_batch, steps, gen, lr, 20, ema_decay, MIN_SNR,
                               OFFSET_NOISE, "sr  ", log)
 
 
 def train(seed: int = 0, vae_steps: int = 1000, unet_steps: int = 2000, sr_steps: int = SR_STEPS, pool: int = 4000,
-          amp: bool = True, log: Callable[[str], None] = print) -> tuple[StableDiffusion, dict]:
-    """All three stages from scratch; returns the model (EMA weights) and a training record."""
+          amp: bool = True, log: Callable[[str], None] = print,
+          stage2: Path | None = None, hide_pattern: float = 0.0) -> tuple[StableDiffusion, dict]:
+    """All three stages; returns the model (EMA weights) and a training record.
+    stage2: a file for stages 1-2's result: loaded if it exists (only stage 3 runs), else written after them.
+    hide_pattern: see train_reference_attention (0 in the shipped recipe)."""
     torch.manual_seed(seed)
     times, t0 = {}, time.time()
     scenes, images, masks = make_pool(pool, seed)
     times["data_s"] = time.time() - t0
     vae, unet, text = VAE(VAE_CONFIG), UNet(UNET_CONFIG), CLIPTextEncoder(TEXT_CONFIG)
+    tokenizer = CLIPTokenizer.bundled()
+    settings = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "pool": pool, "amp": amp,
+                "texture_period": PERIOD}
+    cached = stage2 is not None and stage2.exists()  # stages 1-2 of an earlier run with the same settings
+    saved = torch.load(stage2, weights_only=True) if cached else {}
+    if cached and saved.get("settings") != settings:
+        raise ValueError(f"{stage2} holds stages 1-2 trained with {saved.get('settings')}, not {settings}; "
+                         "delete it or pass another --stage2 file")
     t0 = time.time()
-    vae_losses = train_vae(vae, images, vae_steps, seed, amp=amp, log=log)
+    if cached:
+        vae.load_state_dict(saved["vae"])
+        vae_losses = saved["vae_losses"]
+    else:
+        vae_losses = train_vae(vae, images, vae_steps, seed, amp=amp, log=log)
     vae.eval().requires_grad_(False)
     times["vae_s"] = time.time() - t0
     t0 = time.time()
     means = encode_pool(vae, images)
     # SD's scaling factor makes latents unit-variance; ours is measured the same way (SD v1: 0.18215).
     scale = round(1.0 / float(means.std()), 5)
-    vae_cfg = VAEConfig(**{**VAE_CONFIG.__dict__, "scaling_factor": scale})
-    vae.config = vae_cfg
-    tokenizer = CLIPTokenizer.bundled()
-    unet_losses, ema = train_unet(unet, text, tokenizer, means * scale, scenes, unet_steps, seed, log=log)
+    vae.config = VAEConfig(**{**VAE_CONFIG.__dict__, "scaling_factor": scale})
+    if cached:
+        unet.load_state_dict(saved["unet"])
+        text.load_state_dict(saved["text_encoder"])
+        ema, unet_losses = {"unet": unet, "text_encoder": text}, saved["unet_losses"]
+    else:
+        unet_losses, ema = train_unet(unet, text, tokenizer, means * scale, scenes, unet_steps, seed, log=log)
+        if stage2 is not None:
+            torch.save({"vae": vae.state_dict(), "unet": ema["unet"].state_dict(),
+                        "text_encoder": ema["text_encoder"].state_dict(), "vae_losses": vae_losses,
+                        "unet_losses": unet_losses, "settings": settings}, stage2)
     times["unet_s"] = time.time() - t0
     t0 = time.time()
     sr_losses: list[float] = []
     if sr_steps:  # stage 3 fine-tunes stage 2's averaged weights
         unet, text = (copy.deepcopy(ema[k]).requires_grad_(True) for k in ("unet", "text_encoder"))
+        plain = None
+        if hide_pattern:
+            drawn = [np.asarray(draw(s.with_(texture="plain"))[0]).transpose(2, 0, 1) for s in scenes]
+            plain = encode_pool(vae, torch.from_numpy(np.stack(drawn))) * scale
         sr_losses, ema = train_reference_attention(unet, text, tokenizer, means * scale, masks, scenes, sr_steps,
-                                                   seed, log=log)
+                                                   seed, hide_pattern=hide_pattern, plain=plain, log=log)
     times["sr_s"] = time.time() - t0
     sd = StableDiffusion(tokenizer, ema["text_encoder"].eval(), ema["unet"].eval(), vae, scale, dict(SCHEDULER))
     curve = lambda losses: [round(float(np.mean(losses[i:i + 50])), 5) for i in range(0, len(losses), 50)]  # noqa: E731
     record = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "sr_steps": sr_steps, "pool": pool,
               "vae_amp_bfloat16": amp, "unet_heads": list(HEADS), "min_snr_gamma": MIN_SNR,
               "offset_noise": OFFSET_NOISE, "sr_blocks": [SR_BLOCKS.start, SR_BLOCKS.stop],
-              "sr_object_weight": OBJECT_WEIGHT, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "sr_object_weight": OBJECT_WEIGHT, "sr_hide_pattern": hide_pattern,
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
               "scaling_factor": scale, "seconds": {k: round(v, 1) for k, v in times.items()},
               "vae_loss_first": vae_losses[:5], "unet_loss_first": unet_losses[:5], "sr_loss_first": sr_losses[:5],
               "vae_loss_curve": curve(vae_losses), "unet_loss_curve": curve(unet_losses),
               "sr_loss_curve": curve(sr_losses)}
+    if cached:
+        record["stages_1_2_loaded_from"] = str(stage2)
     return sd, record
 
 
@@ -332,10 +374,15 @@ def main() -> int:
     p.add_argument("--sr-steps", type=int, default=SR_STEPS, help="stage 3 (reference attention) steps; 0: none")
     p.add_argument("--pool", type=int, default=4000, help="number of distinct training scenes")
     p.add_argument("--no-amp", action="store_true", help="train the VAE in float32 instead of bfloat16 autocast")
+    p.add_argument("--hide-pattern", type=float, default=0.0,
+                   help="stage 3: fraction of targets whose input shows their object plain (an experiment; 0: off)")
+    p.add_argument("--stage2", type=Path, default=None,
+                   help="file for stages 1-2's weights: loaded if it exists (only stage 3 runs), else written")
     args = p.parse_args()
     t0 = time.time()
     sd, record = train(args.seed, args.vae_steps, args.unet_steps, args.sr_steps, args.pool, amp=not args.no_amp,
-                       log=lambda s: print(s, flush=True))
+                       log=lambda s: print(s, flush=True), stage2=args.stage2,
+                       hide_pattern=args.hide_pattern)
     record["seconds"]["total"] = round(time.time() - t0, 1)
     out = save_folder(sd, args.out, dtype=torch.float16)
     (out / "training.json").write_text(json.dumps(record, indent=1))

@@ -162,9 +162,10 @@ def test_bfloat16_edit_agrees_with_float32(results, edits):
     assert abs(eval_toy.edit_metrics(half)["pattern_edit"] - edits["specref"]["pattern_edit"]) <= 0.1
 
 
-def test_training_is_deterministic():
-    def run(seed):
-        return train_toy.train(seed=seed, vae_steps=2, unet_steps=2, sr_steps=2, pool=32, log=lambda s: None)[1]
+def test_training_is_deterministic(tmp_path):
+    def run(seed, stage2=None, hide_pattern=0.0):
+        return train_toy.train(seed=seed, vae_steps=2, unet_steps=2, sr_steps=2, pool=32, log=lambda s: None,
+                               stage2=stage2, hide_pattern=hide_pattern)[1]
 
     runs = [run(3) for _ in range(2)]
     for stage in ("vae", "unet", "sr"):
@@ -173,3 +174,15 @@ def test_training_is_deterministic():
     other = run(4)
     assert other["unet_loss_first"] != runs[0]["unet_loss_first"]  # the seed matters
     assert other["sr_loss_first"] != runs[0]["sr_loss_first"]
+    # --stage2: a run that writes stages 1-2 and one that loads them give the same stage 3
+    cache = tmp_path / "stage2.pt"
+    written, loaded = run(3, cache), run(3, cache)
+    assert "stages_1_2_loaded_from" not in written and loaded["stages_1_2_loaded_from"] == str(cache)
+    assert written["sr_loss_first"] == loaded["sr_loss_first"] == runs[0]["sr_loss_first"]
+    assert loaded["unet_loss_first"] == runs[0]["unet_loss_first"]
+    with pytest.raises(ValueError, match="stage2.pt holds stages 1-2 trained with .*'seed': 3"):
+        run(4, cache)
+    # --hide-pattern changes only stage 3, and deterministically
+    hidden = [run(3, cache, hide_pattern=1.0) for _ in range(2)]
+    assert hidden[0]["sr_loss_first"] == hidden[1]["sr_loss_first"] != runs[0]["sr_loss_first"]
+    assert hidden[0]["unet_loss_first"] == runs[0]["unet_loss_first"] and hidden[0]["sr_hide_pattern"] == 1.0
