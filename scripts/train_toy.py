@@ -73,15 +73,19 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 50) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
 
+def stack_images(images: list) -> torch.Tensor:
+    """RGB PIL images -> uint8 [n, 3, H, W]."""
+    return torch.from_numpy(np.stack([np.asarray(im).transpose(2, 0, 1) for im in images]))
+
+
 def make_pool(n: int, seed: int) -> tuple[list, torch.Tensor, torch.Tensor]:
     """n random scenes, their images as uint8 [n, 3, 128, 128] and object masks at the latent size, [n, 16, 16]
     (the fraction of each latent pixel the object covers)."""
     rng = np.random.default_rng(seed)
     scenes = [random_scene(rng) for _ in range(n)]
     drawn = [draw(s) for s in scenes]
-    images = np.stack([np.asarray(im).transpose(2, 0, 1) for im, _ in drawn])
     masks = torch.from_numpy(np.stack([np.asarray(m) for _, m in drawn])).float().div(255)
-    return scenes, torch.from_numpy(images), F.avg_pool2d(masks[:, None], 8)[:, 0]
+    return scenes, stack_images([im for im, _ in drawn]), F.avg_pool2d(masks[:, None], 8)[:, 0]
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -300,6 +304,8 @@ def train(seed: int = 0, vae_steps: int = 1000, unet_steps: int = 2000, sr_steps
     """All three stages; returns the model (EMA weights) and a training record.
     stage2: a file for stages 1-2's result: loaded if it exists (only stage 3 runs), else written after them.
     hide_pattern: see train_reference_attention (0 in the shipped recipe)."""
+    if not 0 <= hide_pattern <= 1:
+        raise ValueError(f"hide_pattern is a fraction of the stage-3 targets, in [0, 1]; got {hide_pattern}")
     torch.manual_seed(seed)
     times, t0 = {}, time.time()
     scenes, images, masks = make_pool(pool, seed)
@@ -343,8 +349,8 @@ def train(seed: int = 0, vae_steps: int = 1000, unet_steps: int = 2000, sr_steps
         unet, text = (copy.deepcopy(ema[k]).requires_grad_(True) for k in ("unet", "text_encoder"))
         plain = None
         if hide_pattern:
-            drawn = [np.asarray(draw(s.with_(texture="plain"))[0]).transpose(2, 0, 1) for s in scenes]
-            plain = encode_pool(vae, torch.from_numpy(np.stack(drawn))) * scale
+            plain_images = stack_images([draw(s.with_(texture="plain"))[0] for s in scenes])
+            plain = encode_pool(vae, plain_images) * scale
         sr_losses, ema = train_reference_attention(unet, text, tokenizer, means * scale, masks, scenes, sr_steps,
                                                    seed, hide_pattern=hide_pattern, plain=plain, log=log)
     times["sr_s"] = time.time() - t0

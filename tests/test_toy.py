@@ -186,3 +186,5 @@ def test_training_is_deterministic(tmp_path):
     hidden = [run(3, cache, hide_pattern=1.0) for _ in range(2)]
     assert hidden[0]["sr_loss_first"] == hidden[1]["sr_loss_first"] != runs[0]["sr_loss_first"]
     assert hidden[0]["unet_loss_first"] == runs[0]["unet_loss_first"] and hidden[0]["sr_hide_pattern"] == 1.0
+    with pytest.raises(ValueError, match="hide_pattern is a fraction .* got 1.5"):
+        run(3, hide_pattern=1.5)
