@@ -2,11 +2,10 @@
 
 The inputs are the shipped synthetic example (assets/examples/toy-checker: source, reference and mask drawn
 by scripts/toy_scenes.py): "a red circle" becomes "a circle" that takes the reference's (a yellow checkered
-star's) colour and a pattern, which no prompt names; `--baseline` also runs the Prompt-to-Prompt baseline (no
-reference), which can only follow the words and keeps the red. The demo model carries the reference's colour
-and plain vs patterned, not the kind of pattern: the checker comes out as stripes (assets/toy-sd/README.md).
-mask_t and Local Blend read this model's word level, up block 2's 8x8 maps (`--map-blocks 10,11,12`; SPEC's
-4x4 level misses the object; assets/toy-sd/README.md).
+star's) colour and checker, which no prompt names; `--baseline` also runs the Prompt-to-Prompt baseline (no
+reference), which can only follow the words and draws the model's plain yellow circle.
+mask_t and Local Blend read this model's word level, up block 3's 16x16 maps (`--map-blocks 13,14,15`, with
+`--thres 0.7 --interp nearest`; SPEC's 4x4 level misses the object; assets/toy-sd/README.md).
 `--model` runs the same edit on other SD v1 weights (diffusers folder, .safetensors/.ckpt, or a Hub repo id)
 with SPEC's map blocks; images are then resized to that model's native size.
 """
@@ -27,13 +26,13 @@ from toy_scenes import Scene, draw  # noqa: E402
 EXAMPLE = ROOT / "assets" / "examples" / "toy-checker"
 SOURCE = Scene("circle", "red", "plain", "gray")
 REFERENCE = Scene("star", "yellow", "checkered", "black")
-# Where the demo model's words find their objects (eval_toy.word_attention): the 8x8 cross-attention of up block 2,
-# not SPEC §4.3's latent/4 level (4x4 maps at 128², where a word's attention is spread over the image).
-TOY_MAP_BLOCKS = (10, 11, 12)
+# Where mask_t and Local Blend read the demo model's words: the 16x16 cross-attention of up block 3, not SPEC §4.3's
+# latent/4 level (4x4 maps at 128², where a word's attention is spread over the image; assets/toy-sd/README.md).
+TOY_MAP_BLOCKS = (13, 14, 15)
 # The edit, as `python -m specref edit` flags (also written to the example folder as edit.json).
 EDIT = ["--source-prompt", "a red circle on a gray background", "--target-prompt", "a circle on a gray background",
         "--mode", "refine", "--target-words", "circle", "--blend-words", "red,circle;circle",
-        "--self-replace-steps", "0.4", "--thres", "0.6", "--sr-layers", "10-16",
+        "--self-replace-steps", "0.4", "--thres", "0.7", "--interp", "nearest", "--sr-layers", "10-16",
         "--map-blocks", ",".join(map(str, TOY_MAP_BLOCKS))]  # + --sr-steps 10-50, scaled to --steps
 # Other models get SPEC's map blocks (§4.3), the editor's default.
 SPEC_MAP_BLOCKS = ["--map-blocks", ",".join(map(str, BLEND_BLOCKS))]

@@ -439,7 +439,7 @@ def main() -> int:
     print("\n| map blocks | mask_t IoU with the object: " + ", ".join(sc.shape for sc in MASK_T_SCENES)
           + "; first of two: " + ", ".join(sc.shape for sc in MASK_T_PAIRS) + " | shape word on the object / elsewhere"
           " | attention on padding |\n|---|---|---|---|")
-    for blocks in (BLEND_BLOCKS, TOY_MAP_BLOCKS):
+    for blocks in (BLEND_BLOCKS, (10, 11, 12), TOY_MAP_BLOCKS):
         ious = [mask_t_iou(sd, scene, example_config(map_blocks=blocks)) for scene in scenes]
         wa = [word_attention(sd, scene, blocks) for scene in scenes]
         print(f"| {','.join(map(str, blocks))} | " + " / ".join(f"{v:.2f}" for v in ious) + " | "

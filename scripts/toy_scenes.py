@@ -18,7 +18,7 @@ TEXTURES = ("plain", "striped", "dotted", "checkered")
 BACKGROUNDS = {"black": (25, 25, 25), "gray": (128, 128, 128), "white": (235, 235, 235), "blue": (50, 70, 150),
                "green": (50, 120, 60), "brown": (120, 80, 45)}
 SIZE = 128
-PERIOD = 24  # texture period in pixels at 128²: 3 latent pixels, so the 8x VAE can carry it
+PERIOD = 32  # texture period in pixels at 128²: 4 latent pixels (a checker square is 2), on the image's fixed grid
 
 
 @dataclass(frozen=True)
@@ -86,18 +86,18 @@ def _outline(scene: Scene, scale: float) -> tuple[str, list[float]]:
 
 
 def texture_pattern(scene: Scene, n: int) -> np.ndarray:
-    """Where the texture's second colour goes, [n, n] bool (n = drawing size); aligned to the object centre."""
+    """Where the texture's second colour goes, [n, n] bool (n = drawing size). On the image's fixed grid (edges on
+    the 8 px latent grid, the same phase in every image), so a kind looks the same wherever its object is."""
     yy, xx = np.mgrid[:n, :n] / n * SIZE  # in 128² pixel units
-    yy, xx = yy - scene.cy * SIZE + PERIOD / 4, xx - scene.cx * SIZE + PERIOD / 4
-    texture = scene.texture
+    half, texture = PERIOD // 2, scene.texture
     if texture == "plain":
         return np.zeros((n, n), bool)
     if texture == "striped":
-        return (yy // (PERIOD / 2)) % 2 == 1
+        return (yy // half) % 2 == 1
     if texture == "checkered":
-        return ((yy // (PERIOD / 2)) + (xx // (PERIOD / 2))) % 2 == 1
-    if texture == "dotted":
-        dy, dx = ((yy + PERIOD / 4) % PERIOD) - PERIOD / 2, ((xx + PERIOD / 4) % PERIOD) - PERIOD / 2
+        return ((yy // half) + (xx // half)) % 2 == 1
+    if texture == "dotted":  # dots centred on multiples of PERIOD
+        dy, dx = (yy + half) % PERIOD - half, (xx + half) % PERIOD - half
         return dy * dy + dx * dx < (PERIOD * 0.27) ** 2
     raise ValueError(f"unknown texture {texture!r}; choose from {TEXTURES}")
 

@@ -2,16 +2,17 @@
 """Train the embedded demo model (assets/toy-sd): a small SD v1-architecture model on synthetic scenes.
 
     python scripts/train_toy.py [--out assets/toy-sd] [--seed 0] [--vae-steps 1000] [--unet-steps 2000] \
-        [--sr-steps 1200] [--stage2 FILE] [--hide-pattern 0]
+        [--sr-steps 1200] [--stage2 FILE] [--hide-pattern 0.5]
 
 Same UNet/VAE/CLIP code and config format as SD v1 (4 UNet levels, 16 transformer blocks, 8x VAE, the real
 CLIP tokenizer), small widths, 128² images (16² latents: every SD v1 attention level exists, down to 2² mid).
 Stage 1 trains the VAE (L1 + MSE, KL 1e-6 as in SD), stage 2 the UNet and text encoder together
 (epsilon prediction on the SD v1 noise schedule with offset noise and Min-SNR weights, 10 % empty captions
 for classifier-free guidance, EMA). Stage 3 fine-tunes both on pairs of scenes through SR-attn
-(PairedSRAttention): what real SD learnt from web-scale images, that self-attention can find an object's
-look in another image, this model is taught on purpose; the editor itself is training-free and unchanged.
-CPU-only and deterministic for a given seed and thread count; about 37 minutes on 2 cores.
+(PairedSRAttention), half the targets with their pattern hidden: what real SD learnt from web-scale images, that
+self-attention can find an object's look in another image, this model is taught on purpose; the editor itself is
+training-free and unchanged.
+CPU-only and deterministic for a given seed and thread count; 40-55 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -150,6 +151,7 @@ def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.nd
 # ones at t >= HIDE_FROM_T (None: the clean ones; see train_reference_attention's hide_pattern).
 Batch = tuple[Tensor, list[str], "PairedSRAttention | None", "Tensor | None", "Tensor | None"]
 HIDE_FROM_T = 200
+HIDE_PATTERN = 0.5  # the shipped recipe's fraction (train_reference_attention's hide_pattern)
 
 
 def diffusion_training(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, next_batch: Callable[[], Batch],
@@ -262,18 +264,21 @@ def pair_caption(scene: Scene, rng: np.random.Generator) -> str:
 def train_reference_attention(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, latents: torch.Tensor,
                               masks: torch.Tensor, scenes: list, steps: int, seed: int, pairs: int = 8,
                               lr: float = 5e-4, ema_decay: float = 0.999, object_weight: float = OBJECT_WEIGHT,
-                              hide_pattern: float = 0.0, plain: Tensor | None = None,
+                              hide_pattern: float = HIDE_PATTERN, plain: Tensor | None = None,
                               log: Callable[[str], None] = print) -> tuple[list[float], dict]:
     """Stage 3: fine-tune on pairs of scenes whose objects share colour and texture (any shape, place, background),
     the second one denoised through SR-attn to the first (PairedSRAttention) with a caption that omits the texture.
     hide_pattern: the fraction of targets whose noisy input shows their object plain (`plain`: the latents of the
     scenes drawn plain) at t >= HIDE_FROM_T, while the loss still asks for the patterned object's noise: the
-    target's own pattern cannot be read off its input, so only the reference can supply it (an experiment, off in
-    the shipped recipe; assets/toy-sd/README.md).
+    target's own pattern cannot be read off its input, so only the reference can supply it. Without it the model
+    reads the kind of pattern off the target's own noisy object and the reference only decides its colour and
+    plain vs patterned (assets/toy-sd/README.md).
 
     Real SD's self-attention matches corresponding pixels across images from web-scale training; this toy model's
     never needed to (its self-attention is nearly uniform), so it is taught that here. The editor is unchanged.
     """
+    if hide_pattern and plain is None:
+        raise ValueError("hide_pattern needs `plain`, the latents of the scenes drawn plain")
     rng, gen = np.random.default_rng(seed + 2), torch.Generator().manual_seed(seed + 2)
     groups: dict[tuple[str, str], list[int]] = {}
     for i, s in enumerate(scenes):
@@ -300,10 +305,10 @@ def train_reference_attention(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIP
 
 def train(seed: int = 0, vae_steps: int = 1000, unet_steps: int = 2000, sr_steps: int = SR_STEPS, pool: int = 4000,
           amp: bool = True, log: Callable[[str], None] = print,
-          stage2: Path | None = None, hide_pattern: float = 0.0) -> tuple[StableDiffusion, dict]:
+          stage2: Path | None = None, hide_pattern: float = HIDE_PATTERN) -> tuple[StableDiffusion, dict]:
     """All three stages; returns the model (EMA weights) and a training record.
     stage2: a file for stages 1-2's result: loaded if it exists (only stage 3 runs), else written after them.
-    hide_pattern: see train_reference_attention (0 in the shipped recipe)."""
+    hide_pattern: see train_reference_attention."""
     if not 0 <= hide_pattern <= 1:
         raise ValueError(f"hide_pattern is a fraction of the stage-3 targets, in [0, 1]; got {hide_pattern}")
     torch.manual_seed(seed)
@@ -380,8 +385,8 @@ def main() -> int:
     p.add_argument("--sr-steps", type=int, default=SR_STEPS, help="stage 3 (reference attention) steps; 0: none")
     p.add_argument("--pool", type=int, default=4000, help="number of distinct training scenes")
     p.add_argument("--no-amp", action="store_true", help="train the VAE in float32 instead of bfloat16 autocast")
-    p.add_argument("--hide-pattern", type=float, default=0.0,
-                   help="stage 3: fraction of targets whose input shows their object plain (an experiment; 0: off)")
+    p.add_argument("--hide-pattern", type=float, default=HIDE_PATTERN,
+                   help="stage 3: fraction of targets whose noisy input shows their object plain (0: off)")
     p.add_argument("--stage2", type=Path, default=None,
                    help="file for stages 1-2's weights: loaded if it exists (only stage 3 runs), else written")
     args = p.parse_args()
