@@ -7,7 +7,8 @@ reference), which can only follow the words and draws the model's plain yellow c
 mask_t and Local Blend read this model's word level, up block 3's 16x16 maps (`--map-blocks 13,14,15`, with
 `--thres 0.7 --interp nearest`; SPEC's 4x4 level misses the object; assets/toy-sd/README.md).
 `--model` runs the same edit on other SD v1 weights (diffusers folder, .safetensors/.ckpt, or a Hub repo id)
-with SPEC's map blocks; images are then resized to that model's native size.
+with SPEC's map blocks and the editor's default thres and interp; images are then resized to that model's
+native size.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from specref.cli import main as cli_main  # noqa: E402
-from specref.config import BLEND_BLOCKS  # noqa: E402
+from specref.config import BLEND_BLOCKS, EditConfig  # noqa: E402
 from toy_scenes import Scene, draw  # noqa: E402
 
 EXAMPLE = ROOT / "assets" / "examples" / "toy-checker"
@@ -34,8 +35,10 @@ EDIT = ["--source-prompt", "a red circle on a gray background", "--target-prompt
         "--mode", "refine", "--target-words", "circle", "--blend-words", "red,circle;circle",
         "--self-replace-steps", "0.4", "--thres", "0.7", "--interp", "nearest", "--sr-layers", "10-16",
         "--map-blocks", ",".join(map(str, TOY_MAP_BLOCKS))]  # + --sr-steps 10-50, scaled to --steps
-# Other models get SPEC's map blocks (§4.3), the editor's default.
-SPEC_MAP_BLOCKS = ["--map-blocks", ",".join(map(str, BLEND_BLOCKS))]
+# Other models get the editor's defaults for what EDIT tunes to the demo model: SPEC's map blocks (§4.3), the
+# mask_t threshold and the mask resizing.
+SPEC_MASKS = ["--map-blocks", ",".join(map(str, BLEND_BLOCKS)), "--thres", str(EditConfig.thres),
+              "--interp", EditConfig.interp]
 
 
 def write_example(folder: Path = EXAMPLE) -> Path:
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     files = ["--source", str(EXAMPLE / "source.png"), "--reference", str(EXAMPLE / "reference.png"),
              "--reference-mask", str(EXAMPLE / "reference_mask.png")]
     sr = f"{round(10 * args.steps / 50)}-{args.steps}"
-    model = ["--model", args.model, *SPEC_MAP_BLOCKS] if args.model else []
+    model = ["--model", args.model, *SPEC_MASKS] if args.model else []
     common = ["edit", *files, *EDIT, "--steps", str(args.steps), "--sr-steps", sr, *model]
     rc = cli_main([*common, "--out", args.out])
     if rc == 0 and args.baseline:

@@ -69,6 +69,16 @@ def test_demo_runs_the_example_edit(tmp_path):
         assert (tmp_path / out / "summary.png").is_file() and Image.open(tmp_path / out / "edit.png").size == (128, 128)
 
 
+def test_demo_gives_other_models_the_editors_mask_settings():
+    # EDIT's map blocks, thres and interp are tuned to the demo model; `demo.py --model` appends SPEC_MASKS.
+    from specref.cli import build_parser, edit_config
+    flags = ["edit", "--source", "s", "--reference", "r", *demo.EDIT]
+    toy_cfg, other = (edit_config(build_parser().parse_args(f)) for f in (flags, flags + demo.SPEC_MASKS))
+    assert (toy_cfg.map_blocks, toy_cfg.thres, toy_cfg.interp) == (demo.TOY_MAP_BLOCKS, 0.7, "nearest")
+    default = specref.EditConfig("a", "b")
+    assert (other.map_blocks, other.thres, other.interp) == (default.map_blocks, default.thres, default.interp)
+
+
 def test_cli_sample_and_reconstruct_use_the_native_size(tmp_path, capsys):
     from specref.cli import main
     assert main(["sample", "--prompt", "a red circle", "--steps", "3", "--out", str(tmp_path / "s.png"), "--quiet"]) == 0
