@@ -71,9 +71,7 @@ def test_demo_runs_the_example_edit(tmp_path):
 
 def test_demo_gives_other_models_the_editors_mask_settings():
     # EDIT's map blocks, thres and interp are tuned to the demo model; `demo.py --model` appends SPEC_MASKS.
-    from specref.cli import build_parser, edit_config
-    flags = ["edit", "--source", "s", "--reference", "r", *demo.EDIT]
-    toy_cfg, other = (edit_config(build_parser().parse_args(f)) for f in (flags, flags + demo.SPEC_MASKS))
+    toy_cfg, other = (eval_toy.example_config(flags=f) for f in (demo.EDIT, demo.EDIT + demo.SPEC_MASKS))
     assert (toy_cfg.map_blocks, toy_cfg.thres, toy_cfg.interp) == (demo.TOY_MAP_BLOCKS, 0.7, "nearest")
     default = specref.EditConfig("a", "b")
     assert (other.map_blocks, other.thres, other.interp) == (default.map_blocks, default.thres, default.interp)
@@ -206,3 +204,5 @@ def test_training_is_deterministic(tmp_path):
     assert hidden[0]["unet_loss_first"] == runs[0]["unet_loss_first"] and hidden[0]["sr_hide_pattern"] == 1.0
     with pytest.raises(ValueError, match="hide_pattern is a fraction .* got 1.5"):
         run(3, hide_pattern=1.5)
+    with pytest.raises(ValueError, match="hide_pattern needs `plain`"):  # before any training
+        train_toy.train_reference_attention(None, None, None, None, None, [], 1, 0, hide_pattern=0.5, plain=None)
