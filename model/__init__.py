@@ -8,13 +8,14 @@ from torch import Tensor
 
 from .attention import AttentionHook, AttnSite, attention, attention_probs
 from .clip import CLIPTextConfig, CLIPTextEncoder
+from .precision import precise_dtype
 from .tokenizer import CLIPTokenizer
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
 
 __all__ = [
     "AttentionHook", "AttnSite", "attention", "attention_probs", "CLIPTextConfig", "CLIPTextEncoder",
-    "CLIPTokenizer", "UNet", "UNetConfig", "VAE", "VAEConfig", "StableDiffusion",
+    "CLIPTokenizer", "UNet", "UNetConfig", "VAE", "VAEConfig", "StableDiffusion", "precise_dtype",
 ]
 
 
@@ -38,6 +39,11 @@ class StableDiffusion:
     @property
     def dtype(self) -> torch.dtype:
         return self.unet.conv_in.weight.dtype
+
+    @property
+    def precise_dtype(self) -> torch.dtype:
+        """dtype of latents, the DDIM update, P2P edits, masks and maps (float64 in the float64 mode)."""
+        return precise_dtype(self.dtype)
 
     @property
     def native_size(self) -> int:

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Attention, AttentionHook, Kind
+from .precision import precise_dtype
+
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,12 @@ class UNetConfig:
         }
 
 
-def timestep_embedding(t: Tensor, dim: int, flip_sin_to_cos: bool = True, shift: float = 0.0) -> Tensor:
-    """Sinusoidal timestep features [B, dim] (float32: timesteps up to 999 need the precision)."""
+def timestep_embedding(t: Tensor, dim: int, flip_sin_to_cos: bool = True, shift: float = 0.0,
+                       dtype: torch.dtype = torch.float32) -> Tensor:
+    """Sinusoidal timestep features [B, dim] (at least float32: timesteps up to 999 need the precision)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - shift))
-    args = t.float()[:, None] * freqs[None]
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=dtype, device=t.device) / (half - shift))
+    args = t.to(dtype)[:, None] * freqs[None]
     emb = torch.cat([args.sin(), args.cos()], dim=-1)
     return torch.cat([emb[:, half:], emb[:, :half]], dim=-1) if flip_sin_to_cos else emb
 
@@ -308,7 +311,8 @@ class UNet(nn.Module):
         """Predict the noise eps; `step` is handed to the attention hooks."""
         cfg = self.config
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        emb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        emb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift,
+                                 precise_dtype(x.dtype))
         temb = self.time_embedding(emb.to(x.dtype))
         h = self.conv_in(x)
         skips = [h]

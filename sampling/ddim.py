@@ -60,18 +60,20 @@ class DDIM:
 
     @staticmethod
     def _move(x: Tensor, eps: Tensor, a_from: float, a_to: float) -> Tensor:
-        # Latents and the DDIM update stay fp32: bf16/fp16 rounding accumulates over 50 steps.
-        x, eps = x.float(), eps.float()
+        # Latents and the DDIM update stay fp32 (float64 in the float64 mode): bf16/fp16 rounding accumulates
+        # over 50 steps. The alphas are the float32 schedule's values (SPEC §2) in either mode.
+        dt = torch.float64 if torch.float64 in (x.dtype, eps.dtype) else torch.float32
+        x, eps = x.to(dt), eps.to(dt)
         x0 = (x - (1 - a_from) ** 0.5 * eps) / a_from**0.5
         return a_to**0.5 * x0 + (1 - a_to) ** 0.5 * eps
 
     def step(self, eps: Tensor, t: int | Tensor, x: Tensor) -> Tensor:
-        """x_t -> x_{t - stride} with noise prediction eps (float32 out)."""
+        """x_t -> x_{t - stride} with noise prediction eps (float32 out; float64 for float64 input)."""
         t = int(t)
         return self._move(x, eps, self.alpha_bar(t), self.alpha_bar(t - self.stride))
 
     def invert_step(self, eps: Tensor, t: int | Tensor, x: Tensor) -> Tensor:
-        """x_{t - stride} -> x_t with eps = eps(x, t) (float32 out)."""
+        """x_{t - stride} -> x_t with eps = eps(x, t) (float32 out; float64 for float64 input)."""
         t = int(t)
         return self._move(x, eps, self.alpha_bar(t - self.stride), self.alpha_bar(t))
 

@@ -17,7 +17,7 @@ def guided_eps(sd, x: Tensor, t: int, context: Tensor, guidance: float, step: in
     """eps at (x, t): one UNet call; `context` is [uncond; cond] (2B) for CFG or cond only (B) (SPEC §2)."""
     cfg = context.shape[0] == 2 * x.shape[0]
     inp = torch.cat([x, x]) if cfg else x
-    eps = sd.unet(inp.to(sd.dtype), t, context, step=step).float()
+    eps = sd.unet(inp.to(sd.dtype), t, context, step=step).to(sd.precise_dtype)
     if not cfg:
         return eps
     eps_u, eps_c = eps.chunk(2)
@@ -38,7 +38,7 @@ def sample(sd, prompt: str | list[str], *, negative_prompt: str | list[str] = ""
            steps: int = 50, height: int | None = None, width: int | None = None, seed: int = 0,
            generator: torch.Generator | None = None, latents: Tensor | None = None,
            callback: Callback | None = None, progress: bool = True, ddim: DDIM | None = None) -> Tensor:
-    """Text-to-image with CFG: returns the final (scaled) latents [B,4,h/8,w/8], float32.
+    """Text-to-image with CFG: returns the final (scaled) latents [B,4,h/8,w/8], float32 (float64 model: float64).
 
     height/width default to the model's native size (SD v1: 512).
     """
@@ -55,11 +55,12 @@ def sample(sd, prompt: str | list[str], *, negative_prompt: str | list[str] = ""
         raise ValueError(f"{len(negs)} negative prompts for {len(prompts)} prompts")
     if latents is None:
         gen = generator or torch.Generator().manual_seed(seed)
+        # float32 noise in every mode (the float64 mode starts from the same numbers)
         latents = torch.randn((1, 4, height // 8, width // 8), generator=gen, dtype=torch.float32)
     if latents.ndim != 4 or latents.shape[0] not in (1, len(prompts)):
         raise ValueError(f"latents must be [1 or {len(prompts)},4,h,w], got {tuple(latents.shape)}")
     # One start shared by all prompts, as Prompt-to-Prompt does.
-    x = latents.to(sd.device, torch.float32).expand(len(prompts), -1, -1, -1).clone()
+    x = latents.to(sd.device, sd.precise_dtype).expand(len(prompts), -1, -1, -1).clone()
     context = sd.encode_prompts(negs + prompts)  # [u; c]
     for i, t in enumerate(tqdm(ddim.timesteps.tolist(), desc="sample", disable=not progress)):
         eps = guided_eps(sd, x, t, context, guidance, step=i)
@@ -70,7 +71,7 @@ def sample(sd, prompt: str | list[str], *, negative_prompt: str | list[str] = ""
 @torch.no_grad()
 def invert(sd, latents: Tensor, prompts: list[str], *, guidance: float = 1.0, steps: int = 50,
            callback: Callback | None = None, progress: bool = True, ddim: DDIM | None = None) -> Tensor:
-    """DDIM inversion over reversed(timesteps) (SPEC §3): every latent z[0..N], [N+1,B,4,h,w] float32."""
+    """DDIM inversion over reversed(timesteps) (SPEC §3): every latent z[0..N], [N+1,B,4,h,w] float32 (or float64)."""
     if guidance < 0:
         raise ValueError(f"guidance must be >= 0, got {guidance}")
     prompts = _prompts(prompts)
@@ -79,7 +80,7 @@ def invert(sd, latents: Tensor, prompts: list[str], *, guidance: float = 1.0, st
     ddim = ddim or DDIM(steps, config=sd.scheduler_config)
     # SPEC §2: guidance 1 is conditional only, no uncond batch.
     context = sd.encode_prompts(prompts if guidance == 1 else [""] * len(prompts) + prompts)
-    x = latents.to(sd.device, torch.float32)
+    x = latents.to(sd.device, sd.precise_dtype)
     zs = [x]
     for j, t in enumerate(tqdm(ddim.timesteps.flip(0).tolist(), desc="invert", disable=not progress)):
         eps = guided_eps(sd, x, t, context, guidance, step=j)
@@ -99,15 +100,15 @@ def reconstruct(sd, latents: Tensor, prompt: str, *, guidance: float = 1.0, step
 
 @torch.no_grad()
 def encode(sd, images: Tensor) -> Tensor:
-    """Images [B,3,H,W] in [-1,1] -> scaled latents, float32 (SPEC §2: z = 0.18215 * E(x).mean)."""
+    """Images [B,3,H,W] in [-1,1] -> scaled latents, float32 or float64 (SPEC §2: z = 0.18215 * E(x).mean)."""
     x = images.to(sd.device, sd.dtype)
     # One image at a time, as decode: the full-resolution encoder activations dominate peak memory.
-    return torch.cat([sd.vae.encode(xi[None]).float() for xi in x]) * sd.scaling_factor
+    return torch.cat([sd.vae.encode(xi[None]).to(sd.precise_dtype) for xi in x]) * sd.scaling_factor
 
 
 @torch.no_grad()
 def decode(sd, latents: Tensor) -> Tensor:
-    """Scaled latents -> images [B,3,H,W] in [-1,1], float32 (SPEC §2: x = D(z / 0.18215))."""
+    """Scaled latents -> images [B,3,H,W] in [-1,1], float32 or float64 (SPEC §2: x = D(z / 0.18215))."""
     z = (latents / sd.scaling_factor).to(sd.device, sd.dtype)
     # One image at a time: the full-resolution decoder activations dominate peak memory.
-    return torch.cat([sd.vae.decode(zi[None]).float() for zi in z]).clamp(-1, 1)
+    return torch.cat([sd.vae.decode(zi[None]).to(sd.precise_dtype) for zi in z]).clamp(-1, 1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from model.precision import precise_dtype
+
 
 def blend_start(num_steps: int, start_blend: float = 0.2) -> int:
     """First step index that blends: step i blends when i + 1 > int(start_blend * N)."""
@@ -33,12 +35,12 @@ def local_blend_mask(
     """Float 0/1 [1, 1, H, W] blend mask of the target from maps [P=2, L, h, w, 77] summed over steps so far."""
     if maps.dim() != 5 or maps.shape[0] != 2 or words.shape != (2, maps.shape[-1]):
         raise ValueError(f"Local Blend expects maps [2, L, h, w, T] and words [2, T], got {tuple(maps.shape)}, {tuple(words.shape)}")
-    maps = maps.float()
-    mask = _prompt_masks(maps, words.float(), latent_hw, th[0], True, "blend").any(0, keepdim=True)
+    maps = maps.to(precise_dtype(maps.dtype))
+    mask = _prompt_masks(maps, words.to(maps), latent_hw, th[0], True, "blend").any(0, keepdim=True)
     if substruct is not None:
-        sub = _prompt_masks(maps, substruct.float(), latent_hw, th[1], False, "substruct").any(0, keepdim=True)
+        sub = _prompt_masks(maps, substruct.to(maps), latent_hw, th[1], False, "substruct").any(0, keepdim=True)
         mask = mask & ~sub
-    return mask.float()
+    return mask.to(maps.dtype)
 
 
 def apply_blend(x_src: torch.Tensor, x_tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

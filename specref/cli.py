@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import platform
@@ -58,36 +59,77 @@ def _reweight(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
-# flag -> (EditConfig field, parser): every preset setting has a flag; an explicit flag overrides the preset.
-EDIT_FLAGS = {
-    "--source-prompt": ("source_prompt", str), "--target-prompt": ("target_prompt", str),
-    "--reference-prompt": ("reference_prompt", str), "--target-words": ("target_words", _words),
-    "--mode": ("mode", str), "--cross-replace-steps": ("cross_replace_steps", float),
-    "--self-replace-steps": ("self_replace_steps", float), "--reweight": ("reweight", _reweight),
-    "--blend-words": ("blend_words", _pair), "--substruct-words": ("substruct_words", _pair),
-    "--blend-th": ("blend_th", _floats), "--start-blend": ("start_blend", float), "--thres": ("thres", float),
-    "--map-blocks": ("map_blocks", _ints),
-    "--sr-steps": ("sr_steps", _range), "--sr-layers": ("sr_layers", _range), "--masks": ("masks", str),
-    "--interp": ("interp", str), "--steps": ("steps", int), "--guidance": ("guidance", float),
-    "--inversion-guidance": ("inversion_guidance", float), "--size": ("size", int),
-    "--feature-dtype": ("feature_dtype", str),
+# The edit's settings as flags: flag -> (EditConfig field, parser, group, help). Every preset setting has a flag;
+# an explicit flag overrides the preset. `--help` shows each default (EditConfig's) and its SPEC section.
+P2P, BLEND, SR, SAMPLING, PROMPTS = ("Prompt-to-Prompt (SPEC §4.1)", "Local Blend (SPEC §4.3)",
+                                     "SR-attn: the reference (SPEC §4.4)", "sampling (SPEC §2-§3)", "inputs and prompts")
+EDIT_FLAGS: dict[str, tuple[str, object, str, str]] = {
+    "--source-prompt": ("source_prompt", str, PROMPTS, "prompt that describes the source image (SPEC §1)"),
+    "--target-prompt": ("target_prompt", str, PROMPTS, "the source prompt with the edit's words changed (SPEC §1)"),
+    "--reference-prompt": ("reference_prompt", str, PROMPTS,
+                           "prompt the reference is inverted with (SPEC §3; the presets use the empty prompt)"),
+    "--target-words": ("target_words", _words, SR,
+                       "comma-separated target-prompt words whose cross-attention is the edit region mask_t (§4.4)"),
+    "--mode": ("mode", str, P2P, "replace: same word count, words swapped; refine: any prompts, tokens aligned "
+               "(SPEC §4.1)"),
+    "--cross-replace-steps": ("cross_replace_steps", float, P2P,
+                              "fraction of the steps (from the start) in which the target's cross-attention "
+                              "maps are the source's, edited (SPEC §4.1)"),
+    "--self-replace-steps": ("self_replace_steps", float, P2P,
+                             "fraction of the steps in which the target takes the source's self-attention (layers "
+                             "<= latent/2 side): higher keeps more of the source's layout (SPEC §4.1)"),
+    "--reweight": ("reweight", _reweight, P2P, "target words and factors that scale their attention, e.g. "
+                   "'vase=2' (SPEC §4.1)"),
+    "--blend-words": ("blend_words", _pair, BLEND, "'source words;target words' whose attention is the region "
+                      "Local Blend lets change, e.g. 'cat;tiger'; outside it the source is kept (SPEC §4.3)"),
+    "--substruct-words": ("substruct_words", _pair, BLEND, "'source words;target words' taken out of the blend "
+                          "region (SPEC §4.3)"),
+    "--blend-th": ("blend_th", _floats, BLEND, "thresholds 'th0,th1' of the blend and substruct maps (SPEC §4.3)"),
+    "--start-blend": ("start_blend", float, BLEND, "fraction of the steps before Local Blend starts (SPEC §4.3)"),
+    "--map-blocks": ("map_blocks", _ints, BLEND, "cross-attention blocks (one map size) whose maps Local Blend and "
+                     "mask_t read, e.g. '4,5,7,8,9' (SPEC §4.3) or '13-16'"),
+    "--thres": ("thres", float, SR, "threshold of the resized mask_s and of the min-max normalised mask_t: "
+                "lower grows the edit region (SPEC §4.4)"),
+    "--sr-steps": ("sr_steps", _range, SR, "editing steps 'start-end' (end excluded) with SR-attn (SPEC §4.4)"),
+    "--sr-layers": ("sr_layers", _range, SR, "self-attention block indices 'start-end' (0-16, end excluded) "
+                    "with SR-attn (SPEC §2, §4.4)"),
+    "--masks": ("masks", str, SR, "both | s | t | none: which of mask_s, mask_t SR-attn uses (ablations, §4.4)"),
+    "--interp": ("interp", str, SR, "nearest | bilinear: how masks and maps are resized to a layer (SPEC §4.4)"),
+    "--feature-dtype": ("feature_dtype", str, SR, "dtype of the kept reference K/V (default: the model's; SPEC §3)"),
+    "--steps": ("steps", int, SAMPLING, "DDIM steps N of inversion and edit (SPEC §2)"),
+    "--guidance": ("guidance", float, SAMPLING, "classifier-free guidance scale of the edit (SPEC §2)"),
+    "--inversion-guidance": ("inversion_guidance", float, SAMPLING, "guidance of the inversion; 1 = conditional "
+                             "only (SPEC §3)"),
+    "--size": ("size", int, SAMPLING, "working long side in pixels, a multiple of 64 (default: the model's native "
+               "size; SPEC §3)"),
 }
-HELP = {
-    "--blend-words": "Local Blend words 'src words;tgt words', e.g. 'cat;tiger'", "--sr-steps": "SR-attn steps start-end",
-    "--sr-layers": "SR-attn block indices start-end (0-16)", "--masks": "both | s | t | none",
-    "--reweight": "target words and factors, e.g. 'vase=2'", "--target-words": "comma-separated words defining mask_t",
-    "--substruct-words": "'src words;tgt words' removed from the blend region", "--blend-th": "th0,th1",
-    "--map-blocks": "cross-attention blocks whose maps Local Blend and mask_t read, e.g. '4,5,7,8,9' (SPEC) or '10-13'",
-}
+
+
+METAVARS = {str: "TEXT", _words: "WORDS", float: "F", int: "N", _range: "A-B", _pair: "SRC;TGT", _ints: "BLOCKS",
+            _floats: "T0,T1", _reweight: "WORD=F"}
+
+
+def _default(field: str) -> str:
+    """EditConfig's default of a field, as --help shows it."""
+    value = {f.name: f.default for f in dataclasses.fields(EditConfig)}.get(field)
+    if value is dataclasses.MISSING:
+        return "required without --preset"
+    if field == "steps" or value is None or value == () or value == "":
+        return {"steps": "50", "size": "model's native", "reference_prompt": "''"}.get(field, "none")
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return ",".join(map(str, value)) if field == "map_blocks" else f"{value[0]}-{value[1]}"
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="diffusers folder, LDM .safetensors/.ckpt, or Hub repo id "
+    g = p.add_argument_group("runtime")
+    g.add_argument("--model", default=None, help="diffusers folder, LDM .safetensors/.ckpt, or Hub repo id "
                    "(default: the embedded demo model)")
-    p.add_argument("--dtype", default=None, choices=list(DTYPES),
-                   help="model weights dtype (default: float16 on CUDA, float32 on CPU; bfloat16 is faster on recent CPUs)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--dtype", default=None, choices=list(DTYPES),
+                   help="model weights dtype (default: float16 on CUDA, float32 on CPU; float64: the verification "
+                   "mode, every part in float64 for comparing implementations)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,17 +137,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m specref", description=__doc__)
     parser.add_argument("--preset-list", action="store_true", help="print the presets and exit")
     sub = parser.add_subparsers(dest="command")
-    e = sub.add_parser("edit", help="edit a source image with a reference object (SPEC §3-§4)")
+    e = sub.add_parser("edit", help="edit a source image with a reference object (SPEC §3-§4)",
+                       description="Edit SOURCE so that the target words' region becomes the reference object. "
+                       "Give --preset or the prompts; every flag overrides the preset. Defaults in brackets.")
+    groups = {name: e.add_argument_group(name) for name in (PROMPTS, P2P, BLEND, SR, SAMPLING)}
+    gi = groups[PROMPTS]
+    gi.add_argument("--source", required=True, help="source image to edit")
+    gi.add_argument("--reference", help="reference image: the object the edit region becomes (or an RGBA / "
+                    "on-black cutout)")
+    gi.add_argument("--reference-mask", help="mask of the object on the reference, white = object: mask_s "
+                    "(SPEC §4.4) [the reference's non-black / alpha > 0 pixels]")
+    gi.add_argument("--preset", choices=sorted(PRESETS), help="settings of a SPEC §6 row (python -m specref "
+                    "--preset-list)")
+    gi.add_argument("--no-reference", action="store_true", help="the P2P baseline of the paper's comparison: "
+                    "no SR-attn (SPEC §4.4)")
+    for flag, (field, kind, group, text) in EDIT_FLAGS.items():
+        choices = {"mode": ("replace", "refine"), "masks": ("both", "s", "t", "none"), "interp": ("nearest", "bilinear"),
+                   "feature_dtype": tuple(DTYPES)}.get(field)
+        groups[group].add_argument(flag, type=kind, default=None, choices=choices, metavar=None if choices else METAVARS.get(kind),
+                                   help=f"{text} [{_default(field)}]")
     _add_model_args(e)
-    e.add_argument("--source", required=True)
-    e.add_argument("--reference", help="reference image (or an RGBA / on-black cutout)")
-    e.add_argument("--reference-mask", help="mask of the object on the reference (white = object)")
-    e.add_argument("--preset", choices=sorted(PRESETS))
-    e.add_argument("--no-reference", action="store_true", help="the P2P baseline: no SR-attn")
-    e.add_argument("--out", default="out")
-    e.add_argument("--save-tensors", action="store_true", help="also write tensors.safetensors")
-    for flag, (_, kind) in EDIT_FLAGS.items():
-        e.add_argument(flag, type=kind, default=None, help=HELP.get(flag))
+    o = e.add_argument_group("outputs")
+    o.add_argument("--out", default="out", help="output folder (edit.png, reconstruction.png, masks, summary.png, "
+                   "run.json) [out]")
+    o.add_argument("--save-tensors", action="store_true", help="also write tensors.safetensors (latents, mask_t)")
     s = sub.add_parser("sample", help="text-to-image (checks a model)")
     _add_model_args(s)
     s.add_argument("--prompt", required=True)
@@ -129,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def edit_config(args: argparse.Namespace) -> EditConfig:
     """Preset (if any) plus every explicit flag."""
-    given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _) in EDIT_FLAGS.items()}
+    given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, *_) in EDIT_FLAGS.items()}
     given = {k: v for k, v in given.items() if v is not None}
     if args.no_reference:
         given["use_reference"] = False

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from model.attention import AttentionHook, AttnSite, attention
+from model.precision import precise_dtype
 
 from .blend import apply_blend, local_blend_mask
 from .config import BLEND_BLOCKS
@@ -24,7 +25,8 @@ SRC, TGT = 2, 3  # conditional source / target in the edit batch (TGT is the las
 class ReferenceFeatures(AttentionHook):
     """Stage 1 (SPEC §3): K, V of the reference element, only in the SR layers at the steps SR-attn will use."""
 
-    def __init__(self, num_steps: int, blocks: range, steps: range, index: int = 1, dtype: torch.dtype | None = None):
+    def __init__(self, num_steps: int, blocks: range | set[int], steps: range | set[int], index: int = 1,
+                 dtype: torch.dtype | None = None):
         self.num_steps, self.blocks, self.steps, self.index, self.dtype = num_steps, blocks, steps, index, dtype
         self.kv: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
 
@@ -39,6 +41,20 @@ class ReferenceFeatures(AttentionHook):
     def nbytes(self) -> int:
         """Memory held by the kept features."""
         return sum(k.numel() * k.element_size() * 2 for k, _ in self.kv.values())
+
+
+class EditObserver:
+    """Sees what stage 2 computes, step by step (`--inspect`, `--trace`); every method defaults to nothing.
+
+    It only reads: the edit is the same with or without one.
+    """
+
+    def on_step(self, step: int, t: int, x_in: Tensor, eps: Tensor, x_out: Tensor) -> None:
+        """After step `step`'s DDIM update and Local Blend: x_in, x_out [2, 4, h, w] ([reconstruction, edit]);
+        eps [4, 4, h, w], the guided batch's noise predictions [u_src, u_tgt, c_src, c_tgt]."""
+
+    def on_blend(self, step: int, mask: Tensor) -> None:
+        """The Local Blend mask [h, w] (0/1 at the latent size) that acted at `step`."""
 
 
 @dataclass
@@ -56,9 +72,9 @@ class P2PPlan:
     blend_start: int = 10                           # first step index that blends
     map_blocks: tuple[int, ...] = BLEND_BLOCKS      # cross-attention layers whose maps are stored (one map size)
 
-    def to(self, device: torch.device | str) -> "P2PPlan":
-        """Move every tensor to `device`."""
-        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "P2PPlan":
+        """Move every tensor to `device`; float tensors to `dtype` (the model's precise dtype)."""
+        move = lambda t: (t.to(device, dtype) if t.is_floating_point() else t.to(device)) if isinstance(t, Tensor) else t  # noqa: E731
         for f in ("alpha", "replace", "equalizer", "blend_words", "substruct_words"):
             setattr(self, f, move(getattr(self, f)))
         if self.refine is not None:
@@ -82,8 +98,9 @@ class SRPlan:
 class EditController(AttentionHook):
     """P2P edit of the conditional target, the blend-level map store, Local Blend and SR-attn."""
 
-    def __init__(self, p2p: P2PPlan, sr: SRPlan | None, latent_hw: tuple[int, int]):
-        self.p2p, self.sr, self.latent_hw = p2p, sr, latent_hw
+    def __init__(self, p2p: P2PPlan, sr: SRPlan | None, latent_hw: tuple[int, int],
+                 observer: EditObserver | None = None):
+        self.p2p, self.sr, self.latent_hw, self.observer = p2p, sr, latent_hw, observer
         self.max_self_pixels = (latent_hw[0] // 2) * (latent_hw[1] // 2)  # "≤ 32²" at a 64² latent
         self.map_sum: Tensor | None = None  # [2, h, w, 77]: cond src/tgt maps, heads averaged, summed over layers+steps
         self._mask_s: dict[tuple[int, int], Tensor] = {}
@@ -150,11 +167,11 @@ class EditController(AttentionHook):
         if site.kind == "self":
             probs[TGT] = probs[SRC]  # the target takes the source's self-attention
             return probs
-        p = self.p2p  # the edit runs in float32 (as the reference does), whatever the model dtype
-        edited = edit_cross(probs[SRC].float(), probs[TGT].float(), p.alpha[step], p.replace, p.refine, p.equalizer)
+        p, dt = self.p2p, precise_dtype(probs.dtype)  # the edit runs in float32 (as the reference does) or float64
+        edited = edit_cross(probs[SRC].to(dt), probs[TGT].to(dt), p.alpha[step], p.replace, p.refine, p.equalizer)
         probs[TGT] = edited.to(probs.dtype)
         if site.block in p.map_blocks:  # stored after the edit (SPEC §4.1)
-            maps = probs[SRC:].float().mean(1).reshape(2, site.height, site.width, -1)
+            maps = probs[SRC:].to(dt).mean(1).reshape(2, site.height, site.width, -1)
             self.map_sum = maps if self.map_sum is None else self.map_sum + maps
         return probs
 
@@ -165,4 +182,6 @@ class EditController(AttentionHook):
         if p.blend_words is None or step < p.blend_start:
             return x
         mask = local_blend_mask(self.map_sum[:, None], p.blend_words, tuple(x.shape[-2:]), p.blend_th, p.substruct_words)
+        if self.observer is not None:
+            self.observer.on_blend(step, mask[0, 0])
         return torch.stack([x[0], apply_blend(x[0], x[1], mask.to(x)[0])])

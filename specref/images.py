@@ -32,12 +32,13 @@ def working_size(width: int, height: int, long_side: int = 512, multiple: int = 
             max(multiple, round(height * scale / multiple) * multiple))
 
 
-def to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    """PIL -> [1, 3, H, W] in [-1, 1], resized with an antialiased filter (bicubic, SPEC §3)."""
+def to_tensor(img: Image.Image, size: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """PIL -> [1, 3, H, W] in [-1, 1] (float32, or float64 for the float64 mode), resized with an antialiased
+    filter (bicubic, SPEC §3)."""
     img = img.convert("RGB")
     if img.size != tuple(size):
         img = img.resize(size, Image.Resampling.BICUBIC)
-    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    arr = np.asarray(img, dtype=np.float64 if dtype == torch.float64 else np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(2, 0, 1)[None]
 
 

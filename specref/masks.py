@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from model.precision import precise_dtype
 from PIL import Image, UnidentifiedImageError
 
 KINDS = ("auto", "mask", "alpha", "nonblack", "cutout")
@@ -59,7 +61,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int], interp: str) -> torch.Tensor
     if interp not in ("nearest", "bilinear"):
         raise ValueError(f"interp must be 'nearest' or 'bilinear', got {interp!r}")
     kw = {"align_corners": False} if interp == "bilinear" else {}
-    return F.interpolate(x.float()[None, None], size=tuple(size), mode=interp, **kw)[0, 0]
+    return F.interpolate(x.to(precise_dtype(x.dtype))[None, None], size=tuple(size), mode=interp, **kw)[0, 0]
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int], interp: str, thres: float) -> torch.Tensor:
@@ -74,7 +76,7 @@ def mask_t_from_maps(map_sum: torch.Tensor, token_indices: list[int], size: tupl
     """Bool [H, W] mask_t: target-word columns of map_sum [h, w, 77] summed, min-max normalised, resized, >= thres."""
     if not token_indices:
         raise ValueError("mask_t needs at least one target-word token")
-    m = map_sum.float()[..., token_indices].sum(-1)
+    m = map_sum.to(precise_dtype(map_sum.dtype))[..., token_indices].sum(-1)
     if not bool(torch.isfinite(m).all()):
         raise ValueError("mask_t map has non-finite values")
     lo, hi = m.min(), m.max()

@@ -27,7 +27,7 @@ def replace_mapper(tok: CLIPTokenizer, src_prompt: str, tgt_prompt: str, max_len
             f"Replace needs prompts with the same number of space-separated words, but the source has "
             f"{len(src)} ({src_prompt!r}) and the target {len(tgt)} ({tgt_prompt!r}); use Refine"
         )
-    m = torch.zeros(max_len, max_len, dtype=torch.float32)
+    m = torch.zeros(max_len, max_len, dtype=torch.float64)  # float64: exact for the float64 mode, cast by P2PPlan.to
     m[0, 0] = 1.0  # <|startoftext|>
     i = j = 1
     for (ws, si), (wt, ti) in zip(src, tgt):
@@ -47,7 +47,7 @@ def replace_mapper(tok: CLIPTokenizer, src_prompt: str, tgt_prompt: str, max_len
 
 def edit_replace(a_src: torch.Tensor, mapper: torch.Tensor) -> torch.Tensor:
     """Replace edit: A_src [..., P, 77] @ M [77, 77]."""
-    return a_src @ mapper
+    return a_src @ mapper.to(a_src.dtype)
 
 
 # ---------------------------------------------------------------- Refine (SPEC §4.1)
@@ -91,9 +91,9 @@ def align_mapper(x: Sequence[int], y: Sequence[int], max_len: int = 77) -> tuple
             break
     pairs.reverse()
     mapper = torch.arange(max_len, dtype=torch.long)  # after the target's eos: same position, alpha 1
-    alphas = torch.ones(max_len, dtype=torch.float32)
+    alphas = torch.ones(max_len, dtype=torch.float64)
     mapper[: len(pairs)] = torch.tensor(pairs, dtype=torch.long)
-    alphas[: len(pairs)] = (mapper[: len(pairs)] != -1).float()
+    alphas[: len(pairs)] = (mapper[: len(pairs)] != -1).double()
     return mapper, alphas
 
 
@@ -120,7 +120,7 @@ def reweight_equalizer(tok: CLIPTokenizer, prompt: str, words: Sequence[str], fa
         factors = list(factors) * len(words)
     if len(factors) != len(words):
         raise ValueError(f"reweight needs one factor per word or a single factor: {list(words)} vs {list(factors)}")
-    eq = torch.ones(max_len, dtype=torch.float32)
+    eq = torch.ones(max_len, dtype=torch.float64)
     for w, f in zip(words, factors):
         eq[word_token_indices(tok, prompt, w)] = float(f)
     return eq

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,13 +19,13 @@ from model import StableDiffusion
 
 from .blend import blend_start
 from .config import EditConfig
-from .controller import EditController, P2PPlan, ReferenceFeatures, SRPlan
+from .controller import EditController, EditObserver, P2PPlan, ReferenceFeatures, SRPlan
 from .images import load_image, to_pil, to_tensor, working_size
 from .masks import read_mask
 from .p2p import cross_replace_alpha, refine_mapper, replace_mapper, reweight_equalizer, self_replace_range
 from .words import word_token_indices, word_vector
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 @dataclass
@@ -121,68 +122,124 @@ def reference_mask(reference: Image.Image, mask: str | Path | Image.Image | None
     return m
 
 
-@torch.no_grad()
-def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: str | Path | Image.Image | None,
-         config: EditConfig, reference_mask_file: str | Path | Image.Image | None = None,
-         progress: bool = True) -> EditResult:
-    """Edit `source` so that the target words' region becomes the reference object (SPEC §3-§4)."""
-    cfg = config
-    use_ref = cfg.use_reference and reference is not None
-    cfg = cfg.replace(use_reference=use_ref)
+@dataclass
+class Prepared:
+    """An edit's checked inputs: images at the working size, mask_s, and the settings resolved to tensors."""
+
+    source: Image.Image                 # the source as given (outputs are resized back to its size)
+    images: Tensor                      # [1 + K, 3, H, W]: source, then the reference (K = 0 or 1)
+    size: tuple[int, int]               # working (W, H)
+    mask_s: np.ndarray | None           # [H, W] bool at the working size
+    plan: P2PPlan
+    target_tokens: list[int] | None     # token positions of the target words, for mask_t (None: mask_t all ones)
+
+
+@dataclass
+class Inversion:
+    """Stage 1's result (SPEC §3): the source's inverted trajectory and the kept reference K/V.
+
+    Several edits can share one: `stage1_key` names everything stage 1 depends on (`stage1_key(cfg, ...)`).
+    """
+
+    key: tuple
+    z_src: Tensor                       # [N+1, 4, h, w]
+    features: ReferenceFeatures | None  # K/V of the reference for the SR layers x steps asked for
+    ddim: sampling.DDIM
+    seconds: float
+
+
+def stage1_key(cfg: EditConfig) -> tuple:
+    """What stage 1 depends on besides the input images and the model (SPEC §3)."""
+    return (cfg.use_reference, cfg.source_prompt, cfg.reference_prompt if cfg.use_reference else None, cfg.steps,
+            cfg.size, cfg.inversion_guidance, cfg.feature_dtype if cfg.use_reference else None)
+
+
+def prepare(sd: StableDiffusion, source: str | Path | Image.Image, reference: str | Path | Image.Image | None,
+            cfg: EditConfig, reference_mask_file: str | Path | Image.Image | None = None) -> tuple[EditConfig, Prepared]:
+    """Validate the settings and read the inputs; every bad input raises here, before any model call."""
+    cfg = cfg.replace(use_reference=cfg.use_reference and reference is not None)
     validate(cfg, sd)
     plan = p2p_plan(cfg, sd)
-    t0 = time.perf_counter()
     src_img = load_image(source, "source")
     size = working_size(src_img.width, src_img.height, cfg.size or sd.native_size)
-    images = [to_tensor(src_img, size)]
-    mask_np, sr = None, None
-    n = cfg.steps
-    if use_ref:
+    images, mask_np, tokens = [to_tensor(src_img, size, sd.precise_dtype)], None, None
+    if cfg.use_reference:
         ref_img = load_image(reference, "reference")
         mask_np = reference_mask(ref_img, reference_mask_file)
         mask_np = np.asarray(Image.fromarray(mask_np).resize(size, Image.Resampling.NEAREST))
         if not mask_np.any():
             raise ValueError(f"reference mask is empty at the working size {size[0]}x{size[1]}")
-        images.append(to_tensor(ref_img, size))  # same size as the source: they are inverted in one batch
-        feat_dtype = DTYPES[cfg.feature_dtype] if cfg.feature_dtype else None
-        features = ReferenceFeatures(n, range(*cfg.sr_layers), range(*cfg.sr_steps), index=1, dtype=feat_dtype)
-        sr = SRPlan(features, range(*cfg.sr_layers), range(*cfg.sr_steps),
-                    mask_s=torch.from_numpy(mask_np.copy()).float().to(sd.device) if cfg.masks in ("both", "s") else None,
-                    target_tokens=sorted({i for w in cfg.target_words for i in word_token_indices(sd.tokenizer, cfg.target_prompt, w)})
-                    if cfg.masks in ("both", "t") else None, thres=cfg.thres, interp=cfg.interp)
-    timings = {}
+        images.append(to_tensor(ref_img, size, sd.precise_dtype))  # the source's size: inverted in one batch
+        if cfg.masks in ("both", "t"):
+            tokens = sorted({i for w in cfg.target_words for i in word_token_indices(sd.tokenizer, cfg.target_prompt, w)})
+    return cfg, Prepared(src_img, torch.cat(images), size, mask_np, plan, tokens)
 
-    # Stage 1 (SPEC §3): encode and invert [src, ref] together, conditional only; keep the reference K/V.
-    z0 = sampling.encode(sd, torch.cat(images))
-    timings["encode"] = time.perf_counter() - t0
-    ddim = sampling.DDIM(n, config=sd.scheduler_config)
-    prompts = [cfg.source_prompt] + ([cfg.reference_prompt] if use_ref else [])
-    t1 = time.perf_counter()
-    keep = sd.unet.hooked(sr.features, blocks=sr.blocks, kinds=("self",)) if sr else contextlib.nullcontext()
+
+@torch.no_grad()
+def invert(sd: StableDiffusion, prep: Prepared, cfg: EditConfig, feature_blocks: Iterable[int] = (),
+           feature_steps: Iterable[int] = (), progress: bool = True) -> Inversion:
+    """Stage 1 (SPEC §3): encode and invert [src, ref] together, conditional only; keep the reference K/V of
+    `feature_blocks` x `feature_steps` (editing step indices; a sweep asks for the union of its runs')."""
+    t0 = time.perf_counter()
+    z0 = sampling.encode(sd, prep.images)
+    ddim = sampling.DDIM(cfg.steps, config=sd.scheduler_config)
+    prompts = [cfg.source_prompt] + ([cfg.reference_prompt] if cfg.use_reference else [])
+    features, keep = None, contextlib.nullcontext()
+    if cfg.use_reference:
+        feat_dtype = DTYPES[cfg.feature_dtype] if cfg.feature_dtype else None
+        features = ReferenceFeatures(cfg.steps, set(feature_blocks), set(feature_steps), index=1, dtype=feat_dtype)
+        keep = sd.unet.hooked(features, blocks=sorted(features.blocks), kinds=("self",))
     with keep:
         zs = sampling.invert(sd, z0, prompts, guidance=cfg.inversion_guidance, progress=progress, ddim=ddim)
-    z_src = zs[:, 0]  # [N+1, 4, h, w]
-    timings["invert"] = time.perf_counter() - t1
+    return Inversion(stage1_key(cfg), zs[:, 0], features, ddim, time.perf_counter() - t0)
 
-    # Stage 2 (SPEC §4): P2P with the reconstruction path; SR-attn in the chosen layers and steps.
-    t2 = time.perf_counter()
-    latent_hw = tuple(z_src.shape[-2:])
-    ctrl = EditController(plan.to(sd.device), sr, latent_hw)
+
+@torch.no_grad()
+def edit_stage(sd: StableDiffusion, prep: Prepared, inv: Inversion, cfg: EditConfig, progress: bool = True,
+               observer: EditObserver | None = None) -> EditResult:
+    """Stage 2 (SPEC §4): P2P with the reconstruction path; SR-attn in the chosen layers and steps."""
+    if inv.key != stage1_key(cfg):
+        raise ValueError(f"this inversion was made for other stage-1 settings ({inv.key}) than {stage1_key(cfg)}")
+    n, z_src, ddim, sr = cfg.steps, inv.z_src, inv.ddim, None
+    if cfg.use_reference:
+        missing = [(b, i) for b in range(*cfg.sr_layers) for i in range(*cfg.sr_steps) if (b, i) not in inv.features.kv]
+        if missing:
+            raise ValueError(f"the inversion kept no reference K/V for (block, step) {missing[:4]}...")
+        sr = SRPlan(inv.features, range(*cfg.sr_layers), range(*cfg.sr_steps),
+                    mask_s=torch.from_numpy(prep.mask_s.copy()).to(sd.device, sd.precise_dtype)
+                    if cfg.masks in ("both", "s") else None,
+                    target_tokens=prep.target_tokens, thres=cfg.thres, interp=cfg.interp)
+    t0 = time.perf_counter()
+    ctrl = EditController(prep.plan.to(sd.device, sd.precise_dtype), sr, tuple(z_src.shape[-2:]), observer)
     context = sd.encode_prompts(["", "", cfg.source_prompt, cfg.target_prompt])  # [u, u, c_src, c_tgt]
     x = torch.stack([z_src[n], z_src[n]])
     with sd.unet.hooked(ctrl):
         for i, t in enumerate(tqdm(ddim.timesteps.tolist(), desc="edit", disable=not progress)):
             x[0] = z_src[n - i]  # reconstruction path follows the inverted trajectory ("FEC-ref")
+            x_in = x.clone() if observer is not None else x
             eps = sampling.guided_eps(sd, x, t, context, cfg.guidance, step=i)
             x = ctrl.local_blend(i, ddim.step(eps, t, x))
-    timings["edit"] = time.perf_counter() - t2
-
-    t3 = time.perf_counter()
+            if observer is not None:
+                observer.on_step(i, t, x_in, eps, x)
+    seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
     out = sampling.decode(sd, x)
-    timings["decode"] = time.perf_counter() - t3
-    timings["total"] = time.perf_counter() - t0
+    timings = {"invert": inv.seconds, "edit": seconds, "decode": time.perf_counter() - t1}
     return EditResult(
-        edit=to_pil(out[1], src_img.size), reconstruction=to_pil(out[0], src_img.size),
-        mask_s=mask_np, mask_t=ctrl.last_mask_t if sr is not None and sr.target_tokens is not None else None,
+        edit=to_pil(out[1], prep.source.size), reconstruction=to_pil(out[0], prep.source.size),
+        mask_s=prep.mask_s, mask_t=ctrl.last_mask_t if sr is not None and sr.target_tokens is not None else None,
         latents={"source_inverted": z_src, "reconstruction_latent": x[:1].clone(), "edit_latent": x[1:].clone()},
-        config=cfg, working_size=size, timings=timings, feature_bytes=sr.features.nbytes() if sr else 0)
+        config=cfg, working_size=prep.size, timings=timings, feature_bytes=sr.features.nbytes() if sr else 0)
+
+
+@torch.no_grad()
+def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: str | Path | Image.Image | None,
+         config: EditConfig, reference_mask_file: str | Path | Image.Image | None = None,
+         progress: bool = True, observer: EditObserver | None = None) -> EditResult:
+    """Edit `source` so that the target words' region becomes the reference object (SPEC §3-§4)."""
+    t0 = time.perf_counter()
+    cfg, prep = prepare(sd, source, reference, config, reference_mask_file)
+    inv = invert(sd, prep, cfg, range(*cfg.sr_layers), range(*cfg.sr_steps), progress)
+    result = edit_stage(sd, prep, inv, cfg, progress, observer)
+    result.timings["total"] = time.perf_counter() - t0
+    return result
