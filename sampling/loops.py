@@ -13,15 +13,23 @@ from .ddim import DDIM
 Callback = Callable[[int, int, Tensor], "Tensor | None"]
 
 
-def guided_eps(sd, x: Tensor, t: int, context: Tensor, guidance: float, step: int) -> Tensor:
-    """eps at (x, t): one UNet call; `context` is [uncond; cond] (2B) for CFG or cond only (B) (SPEC §2)."""
-    cfg = context.shape[0] == 2 * x.shape[0]
-    inp = torch.cat([x, x]) if cfg else x
-    eps = sd.unet(inp.to(sd.dtype), t, context, step=step).to(sd.precise_dtype)
-    if not cfg:
+def batch_eps(sd, x: Tensor, t: int, context: Tensor, step: int) -> Tensor:
+    """The UNet's noise predictions at (x, t) for every context row: [uncond; cond] (2B rows) or cond only (B)."""
+    inp = torch.cat([x, x]) if context.shape[0] == 2 * x.shape[0] else x
+    return sd.unet(inp.to(sd.dtype), t, context, step=step).to(sd.precise_dtype)
+
+
+def guide(eps: Tensor, guidance: float, batch: int) -> Tensor:
+    """Classifier-free guidance of batch_eps' output (SPEC §2): eps_u + w (eps_c - eps_u), or eps if cond only."""
+    if eps.shape[0] == batch:
         return eps
     eps_u, eps_c = eps.chunk(2)
     return eps_u + guidance * (eps_c - eps_u)
+
+
+def guided_eps(sd, x: Tensor, t: int, context: Tensor, guidance: float, step: int) -> Tensor:
+    """eps at (x, t): one UNet call; `context` is [uncond; cond] (2B) for CFG or cond only (B) (SPEC §2)."""
+    return guide(batch_eps(sd, x, t, context, step), guidance, x.shape[0])
 
 
 def _prompts(prompt: str | list[str]) -> list[str]:

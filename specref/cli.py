@@ -17,7 +17,9 @@ from PIL import Image, ImageDraw
 
 from .config import PRESETS, EditConfig
 from .images import load_image, mask_to_pil, psnr, to_pil, to_tensor, working_size
-from .pipeline import DTYPES, EditResult, edit
+from .inspect import write_inspection
+from .pipeline import DTYPES, EditResult, edit, x0_steps
+from .trace import Recorder, save_trace
 
 
 def _words(text: str | None) -> tuple[str, ...]:
@@ -161,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", default="out", help="output folder (edit.png, reconstruction.png, masks, summary.png, "
                    "run.json) [out]")
     o.add_argument("--save-tensors", action="store_true", help="also write tensors.safetensors (latents, mask_t)")
+    o.add_argument("--inspect", metavar="DIR", help="also draw what the edit computed into DIR: per-token "
+                   "cross-attention, Local Blend and mask_t over the steps, SR-attn's change and reference mass, "
+                   "the predicted x0 (docs/method.md)")
+    o.add_argument("--trace", metavar="FILE", help="also write the per-step numbers (latents, noise predictions, "
+                   "masks, word maps) as safetensors, for scripts/compare_trace.py (README: Traces)")
     s = sub.add_parser("sample", help="text-to-image (checks a model)")
     _add_model_args(s)
     s.add_argument("--prompt", required=True)
@@ -237,6 +244,7 @@ def load(args: argparse.Namespace):
 
 def run_edit(args: argparse.Namespace) -> Path:
     """`edit`: everything is computed first, then written, so a failure leaves no partial output folder."""
+    import sampling
     import weights
 
     cfg = edit_config(args)
@@ -246,7 +254,13 @@ def run_edit(args: argparse.Namespace) -> Path:
     src_img = load_image(args.source, "source")
     ref_img = load_image(reference, "reference") if reference else None
     sd = load(args)
-    result = edit(sd, src_img, ref_img, cfg, reference_mask_file=args.reference_mask, progress=not args.quiet)
+    rec = None
+    if args.inspect or args.trace:  # the Recorder only reads: the edit is the same without it
+        n = cfg.steps
+        rec = Recorder(sampling.DDIM(n, config=sd.scheduler_config), cfg.guidance, sr=bool(args.inspect),
+                       x0_steps=x0_steps(n) if args.inspect else ())
+    result = edit(sd, src_img, ref_img, cfg, reference_mask_file=args.reference_mask, progress=not args.quiet,
+                  observer=rec)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # renamed to `out` when complete
@@ -283,6 +297,14 @@ def run_edit(args: argparse.Namespace) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if args.trace:
+        meta = {"settings": vars(result.config), "timesteps": rec.ddim.timesteps.tolist(), "dtype": args.dtype,
+                "model": args.model or str(weights.DEFAULT_MODEL)}
+        print(f"wrote {save_trace(args.trace, rec.trace(result.latents['source_inverted']), meta)}")
+    if args.inspect:
+        paths = write_inspection(args.inspect, sd, rec, cfg.source_prompt, cfg.target_prompt, src_img,
+                                 ref_img if result.config.use_reference else None)
+        print(f"wrote {len(paths)} pictures to {args.inspect}")
     return out
 
 

@@ -15,9 +15,9 @@ from model.precision import precise_dtype
 
 from .blend import apply_blend, local_blend_mask
 from .config import BLEND_BLOCKS
-from .masks import EmptyMaskError, mask_t_from_maps, resize_mask
+from .masks import EmptyMaskError, mask_t_map, resize_mask
 from .p2p import edit_cross
-from .srattn import sr_attention
+from .srattn import blend_by_mask_t, reference_mass, sr_parts
 
 SRC, TGT = 2, 3  # conditional source / target in the edit batch (TGT is the last element)
 
@@ -55,6 +55,21 @@ class EditObserver:
 
     def on_blend(self, step: int, mask: Tensor) -> None:
         """The Local Blend mask [h, w] (0/1 at the latent size) that acted at `step`."""
+
+    def on_mask_t(self, step: int, norm_map: Tensor, mask: Tensor) -> None:
+        """mask_t of SR step `step`: its min-max normalised map [hm, wm] (map blocks' size) and the thresholded
+        mask [h, w] (bool, latent size)."""
+
+    def wants_sr(self) -> bool:
+        """True to get on_sr calls (they cost an explicit pass over the reference keys)."""
+        return False
+
+    def on_sr(self, site: AttnSite, step: int, change: Tensor, ref_mass: Tensor) -> None:
+        """An SR-attn layer of the target: change [Nq] = mean |out - out_self| over channels per query pixel;
+        ref_mass [Nr] = the masked softmax's mass per reference key, summed over mask_t's queries."""
+
+    def on_finish(self, maps: Tensor | None) -> None:
+        """After the last step: the map blocks' maps [2, hm, wm, 77] (cond source, target), summed over steps."""
 
 
 @dataclass
@@ -105,6 +120,7 @@ class EditController(AttentionHook):
         self.map_sum: Tensor | None = None  # [2, h, w, 77]: cond src/tgt maps, heads averaged, summed over layers+steps
         self._mask_s: dict[tuple[int, int], Tensor] = {}
         self._mask_t: dict[tuple[int, int, int], Tensor] = {}
+        self._map_t: tuple[int, Tensor] | None = None  # (step, normalised mask_t map) of the current SR step
         self.last_mask_t: Tensor | None = None  # at the latent size, for outputs
 
     # ---- SR-attn (SPEC §4.4) -----------------------------------------------------------------
@@ -134,10 +150,13 @@ class EditController(AttentionHook):
                                  f"SR step, SR layers must come after block {min(self.p2p.map_blocks)}, or start "
                                  f"SR-attn a step later)")
             try:
-                m = mask_t_from_maps(self.map_sum[1], sr.target_tokens, hw, sr.interp, sr.thres)
-                # the output's mask_t is at the latent size, even when no SR layer has that size
-                self.last_mask_t = m if hw == tuple(self.latent_hw) else mask_t_from_maps(
-                    self.map_sum[1], sr.target_tokens, self.latent_hw, sr.interp, sr.thres)
+                if self._map_t is None or self._map_t[0] != step:  # the step's first SR layer: its map, once
+                    self._map_t = (step, mask_t_map(self.map_sum[1], sr.target_tokens))
+                    # the output's mask_t is at the latent size, even when no SR layer has that size
+                    self.last_mask_t = resize_mask(self._map_t[1], self.latent_hw, sr.interp, sr.thres)
+                    if self.observer is not None:
+                        self.observer.on_mask_t(step, self._map_t[1], self.last_mask_t)
+                m = resize_mask(self._map_t[1], hw, sr.interp, sr.thres)
             except ValueError as e:
                 raise type(e)(f"mask_t at step {step}: {e}") from None
             self._mask_t[(step, *hw)] = m.flatten()
@@ -149,7 +168,12 @@ class EditController(AttentionHook):
         hw = (site.height, site.width)
         k_ref, v_ref = self.sr.features.kv[(site.block, step)]
         t = slice(TGT, TGT + 1)
-        target = sr_attention(q[t], k[t], v[t], k_ref, v_ref, site.heads, self.mask_s(hw), self.mask_t(step, hw))
+        mask_s, mask_t = self.mask_s(hw), self.mask_t(step, hw)
+        out_self, out_ref = sr_parts(q[t], k[t], v[t], k_ref, v_ref, site.heads, mask_s)
+        target = blend_by_mask_t(out_self, out_ref, mask_t)
+        if self.observer is not None and self.observer.wants_sr():
+            mass = reference_mass(q[t], k_ref, site.heads, mask_s, mask_t)
+            self.observer.on_sr(site, step, (target - out_self)[0].abs().mean(-1), mass)
         others = attention(q[:TGT], k[:TGT], v[:TGT], site.heads)  # the rest: plain self-attention (TGT is last)
         return torch.cat([others, target])
 

@@ -44,7 +44,8 @@ def to_tensor(img: Image.Image, size: tuple[int, int], dtype: torch.dtype = torc
 
 def to_pil(x: torch.Tensor, size: tuple[int, int] | None = None) -> Image.Image:
     """[3, H, W] (or [1,3,H,W]) in [-1, 1] -> PIL, rounded (not truncated, SPEC §3), optionally resized."""
-    x = x.detach().float().cpu().reshape(-1, *x.shape[-2:])
+    x = x.detach().cpu().reshape(-1, *x.shape[-2:])
+    x = x if x.dtype == torch.float64 else x.float()  # the float64 mode rounds from float64
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     img = Image.fromarray(arr)
     return img if size is None or img.size == tuple(size) else img.resize(size, Image.Resampling.BICUBIC)

@@ -72,8 +72,8 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int], interp: str, thres: f
     return out
 
 
-def mask_t_from_maps(map_sum: torch.Tensor, token_indices: list[int], size: tuple[int, int], interp: str, thres: float) -> torch.Tensor:
-    """Bool [H, W] mask_t: target-word columns of map_sum [h, w, 77] summed, min-max normalised, resized, >= thres."""
+def mask_t_map(map_sum: torch.Tensor, token_indices: list[int]) -> torch.Tensor:
+    """The map mask_t thresholds (SPEC §4.4): target-word columns of map_sum [h, w, 77] summed, min-max normalised."""
     if not token_indices:
         raise ValueError("mask_t needs at least one target-word token")
     m = map_sum.to(precise_dtype(map_sum.dtype))[..., token_indices].sum(-1)
@@ -83,4 +83,9 @@ def mask_t_from_maps(map_sum: torch.Tensor, token_indices: list[int], size: tupl
     if not bool(hi > lo):
         raise ValueError(f"mask_t map is constant ({float(hi):g} everywhere): the target words have no "
                          "spatial attention, cannot normalise")
-    return resize_mask((m - lo) / (hi - lo), size, interp, thres)
+    return (m - lo) / (hi - lo)
+
+
+def mask_t_from_maps(map_sum: torch.Tensor, token_indices: list[int], size: tuple[int, int], interp: str, thres: float) -> torch.Tensor:
+    """Bool [H, W] mask_t: mask_t_map resized to size, >= thres (SPEC §4.4)."""
+    return resize_mask(mask_t_map(map_sum, token_indices), size, interp, thres)

@@ -138,7 +138,7 @@ def cross_replace_alpha(tok: CLIPTokenizer, tgt_prompt: str, num_steps: int, cro
     """Float [N+1, max_len]: rows [int(s0*(N+1)), int(s1*(N+1))) are 1; dict: "default_" then per-word ranges."""
     spec = dict(cross_replace_steps) if isinstance(cross_replace_steps, dict) else {"default_": cross_replace_steps}
     rows = num_steps + 1
-    alpha = torch.zeros(rows, max_len, dtype=torch.float32)
+    alpha = torch.zeros(rows, max_len, dtype=torch.float64)  # 0/1; cast to the model's precise dtype by P2PPlan.to
 
     def fill(steps: Steps, cols: list[int] | slice) -> None:
         s0, s1 = _bounds(steps)

@@ -22,6 +22,7 @@ from .config import EditConfig
 from .controller import EditController, EditObserver, P2PPlan, ReferenceFeatures, SRPlan
 from .images import load_image, to_pil, to_tensor, working_size
 from .masks import read_mask
+from .trace import Recorder
 from .p2p import cross_replace_alpha, refine_mapper, replace_mapper, reweight_equalizer, self_replace_range
 from .words import word_token_indices, word_vector
 
@@ -41,6 +42,7 @@ class EditResult:
     working_size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
     feature_bytes: int = 0          # memory of the kept reference K/V
+    inspection: Recorder | None = None  # with edit(..., inspect=True): what stage 2 computed, step by step
 
 
 def validate(cfg: EditConfig, sd: StableDiffusion) -> None:
@@ -217,10 +219,12 @@ def edit_stage(sd: StableDiffusion, prep: Prepared, inv: Inversion, cfg: EditCon
         for i, t in enumerate(tqdm(ddim.timesteps.tolist(), desc="edit", disable=not progress)):
             x[0] = z_src[n - i]  # reconstruction path follows the inverted trajectory ("FEC-ref")
             x_in = x.clone() if observer is not None else x
-            eps = sampling.guided_eps(sd, x, t, context, cfg.guidance, step=i)
-            x = ctrl.local_blend(i, ddim.step(eps, t, x))
+            eps = sampling.batch_eps(sd, x, t, context, step=i)  # [u_src, u_tgt, c_src, c_tgt]
+            x = ctrl.local_blend(i, ddim.step(sampling.guide(eps, cfg.guidance, 2), t, x))
             if observer is not None:
                 observer.on_step(i, t, x_in, eps, x)
+    if observer is not None:
+        observer.on_finish(ctrl.map_sum)
     seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     out = sampling.decode(sd, x)
@@ -235,11 +239,25 @@ def edit_stage(sd: StableDiffusion, prep: Prepared, inv: Inversion, cfg: EditCon
 @torch.no_grad()
 def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: str | Path | Image.Image | None,
          config: EditConfig, reference_mask_file: str | Path | Image.Image | None = None,
-         progress: bool = True, observer: EditObserver | None = None) -> EditResult:
-    """Edit `source` so that the target words' region becomes the reference object (SPEC §3-§4)."""
+         progress: bool = True, observer: EditObserver | None = None, inspect: bool = False) -> EditResult:
+    """Edit `source` so that the target words' region becomes the reference object (SPEC §3-§4).
+
+    inspect=True records what stage 2 computes (result.inspection, a specref.trace.Recorder: per-step latents,
+    masks, the word maps, SR-attn's change and reference mass); the edit itself is the same.
+    """
     t0 = time.perf_counter()
     cfg, prep = prepare(sd, source, reference, config, reference_mask_file)
     inv = invert(sd, prep, cfg, range(*cfg.sr_layers), range(*cfg.sr_steps), progress)
+    if inspect and observer is not None:
+        raise ValueError("give inspect=True or an observer, not both")
+    if inspect:
+        observer = Recorder(inv.ddim, cfg.guidance, sr=True, x0_steps=x0_steps(cfg.steps))
     result = edit_stage(sd, prep, inv, cfg, progress, observer)
+    result.inspection = observer if inspect else None
     result.timings["total"] = time.perf_counter() - t0
     return result
+
+
+def x0_steps(n: int, count: int = 5) -> tuple[int, ...]:
+    """The steps whose predicted x0 an inspection keeps: `count` spread from the first to the last."""
+    return tuple(sorted({round(k * (n - 1) / max(1, count - 1)) for k in range(count)}))

@@ -51,7 +51,7 @@ def word_token_indices(tok: CLIPTokenizer, prompt: str, word: str) -> list[int]:
 
 def word_vector(tok: CLIPTokenizer, prompt: str, words: Sequence[str], max_len: int = 77) -> torch.Tensor:
     """Float [max_len] with 1 at the token positions of the given words, else 0 (blend/substruct words)."""
-    vec = torch.zeros(max_len, dtype=torch.float32)
+    vec = torch.zeros(max_len, dtype=torch.float64)  # 0/1; cast by P2PPlan.to
     for w in words:
         vec[word_token_indices(tok, prompt, w)] = 1.0
     return vec
