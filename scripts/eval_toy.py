@@ -210,13 +210,40 @@ def example_config(steps: int = 50, flags: list[str] | None = None, **changes: o
     return edit_config(args).replace(**changes)
 
 
-def run_example(sd: StableDiffusion, cfg: specref.EditConfig, reference: Scene | None = None) -> specref.EditResult:
+def run_example(sd: StableDiffusion, cfg: specref.EditConfig, reference: Scene | None = None,
+                inspect: bool = False) -> specref.EditResult:
     """The shipped example edited with `cfg` (with another reference scene drawn by the scene code, if given)."""
     if reference is None:
         return specref.edit(sd, EXAMPLE / "source.png", EXAMPLE / "reference.png", cfg,
-                            reference_mask_file=EXAMPLE / "reference_mask.png", progress=False)
+                            reference_mask_file=EXAMPLE / "reference_mask.png", progress=False, inspect=inspect)
     image, mask = draw(reference, sd.native_size)
-    return specref.edit(sd, EXAMPLE / "source.png", image, cfg, reference_mask_file=mask, progress=False)
+    return specref.edit(sd, EXAMPLE / "source.png", image, cfg, reference_mask_file=mask, progress=False,
+                        inspect=inspect)
+
+
+def inspection_metrics(res: specref.EditResult, word: str = "circle") -> dict[str, float]:
+    """What --inspect shows, measured (issue 17): the share of the target word's cross-attention tile (above its
+    minimum) inside the source object, and the share of SR-attn's reference mass on the reference object, per SR
+    layer size; each beside the object's share of the image (what a map spread evenly would give)."""
+    from demo import REFERENCE, SOURCE
+    from specref.inspect import mass_inside
+
+    rec, size = res.inspection, res.working_size[0]
+    src_obj, ref_obj = (np.asarray(draw(s, size)[1]) > 127 for s in (SOURCE, REFERENCE))
+    k = word_token_indices(specref_tokenizer(), res.config.target_prompt, word)
+    tile = rec.maps[1][..., k].sum(-1)
+    out = {"word_mass_inside": mass_inside(tile - tile.min(), src_obj), "source_object_area": float(src_obj.mean()),
+           "reference_object_area": float(ref_obj.mean())}
+    for (h, w), (change, mass) in rec.sr_maps().items():
+        out[f"reference_mass_on_object_{h}x{w}"] = mass_inside(mass, ref_obj)
+        out[f"change_inside_{h}x{w}"] = mass_inside(change, src_obj)
+    return out
+
+
+def specref_tokenizer():
+    """The bundled CLIP tokenizer (the demo model's)."""
+    from model import CLIPTokenizer
+    return CLIPTokenizer.bundled()
 
 
 # The shipped reference's controls: does the region take *the reference's* texture, or a texture? And its
