@@ -18,6 +18,7 @@ sys.path[:0] = [str(ROOT / "scripts")]
 
 import specref  # noqa: E402
 import weights  # noqa: E402
+from weights import precision  # noqa: E402
 from model import StableDiffusion  # noqa: E402
 
 import demo  # noqa: E402
@@ -167,6 +168,8 @@ def test_mask_t_finds_the_circle_at_the_models_word_level(toy):
     assert ious[eval_toy.TOY_MAP_BLOCKS] >= 0.25 and ious[specref.config.BLEND_BLOCKS] <= 0.15, ious
 
 
+@pytest.mark.skipif(not precision.cpu_bf16_native(), reason="no native bf16 on this CPU (no avx512_bf16 / amx_bf16): "
+                    "a bfloat16 edit runs ~100x slower than float32 here")
 def test_bfloat16_edit_agrees_with_float32(results, edits):
     half = eval_toy.run_example(weights.load_model(dtype=torch.bfloat16), eval_toy.example_config())
     assert all(np.isfinite(np.asarray(im)).all() for im in (half.edit, half.reconstruction))
