@@ -19,7 +19,7 @@ from model import StableDiffusion
 from .blend import blend_start
 from .config import EditConfig
 from .controller import EditController, P2PPlan, ReferenceFeatures, SRPlan
-from .images import load_image, to_pil, to_tensor, working_size
+from .images import load_image, to_pil, to_tensor, warn_if_small, working_size
 from .masks import read_mask
 from .p2p import cross_replace_alpha, refine_mapper, replace_mapper, reweight_equalizer, self_replace_range
 from .words import word_token_indices, word_vector
@@ -133,12 +133,14 @@ def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: str |
     plan = p2p_plan(cfg, sd)
     t0 = time.perf_counter()
     src_img = load_image(source, "source")
+    warn_if_small(src_img, "source")
     size = working_size(src_img.width, src_img.height, cfg.size or sd.native_size)
     images = [to_tensor(src_img, size)]
     mask_np, sr = None, None
     n = cfg.steps
     if use_ref:
         ref_img = load_image(reference, "reference")
+        warn_if_small(ref_img, "reference")
         mask_np = reference_mask(ref_img, reference_mask_file)
         mask_np = np.asarray(Image.fromarray(mask_np).resize(size, Image.Resampling.NEAREST))
         if not mask_np.any():
