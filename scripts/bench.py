@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """SpecRef benchmarks at SD1.5 size with random weights (no download), float32 and bfloat16 side by side.
 
-    python scripts/bench.py [unet|vae|load|edit|all] [--dtypes float32,bfloat16] [--repeat R] [--steps N] [--size S]
+    python scripts/bench.py [unet|vae|load|edit|all] [--dtypes float32,bfloat16,auto] [--repeat R] [--steps N] [--size S]
 
 unet: UNet forward, batch 2 and 4 at a 64x64 latent: ours (fused and explicit) and diffusers' UNet2DConditionModel
       with the same weights in the same dtype (when diffusers is installed).
 vae:  our VAE encode and decode of one 512x512 image.
 load, edit: in a fresh subprocess per dtype, so that peak RSS belongs to that work alone.
---dtype D is short for --dtypes D. --size sets the edit's random source image, S (square) or WxH, e.g. 1024x768
+--dtype D is short for --dtypes D; `auto` is what `--dtype auto` picks on this machine (weights/precision.py),
+shown as e.g. "auto=float32". Every table title names the CPU and whether it has native bf16: bfloat16 numbers
+depend on it (~1.75x faster than float32 with AVX-512 bf16, ~100x slower without). --size sets the edit's random source image, S (square) or WxH, e.g. 1024x768
 for the large-image memory check; the working size is its long side. --tiny (hidden) swaps in small widths and
 sizes so that everything runs in seconds: for checking the code paths, not for numbers.
 """
@@ -34,10 +36,26 @@ from PIL import Image  # noqa: E402
 
 import specref  # noqa: E402
 import weights  # noqa: E402
+from weights import precision  # noqa: E402
 from weights.save import MODEL_INDEX, save_part  # noqa: E402
 from model import VAE, CLIPTextConfig, CLIPTextEncoder, UNet, UNetConfig, VAEConfig  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def dtype_label(name: str) -> str:
+    """'auto' -> 'auto=float32' (what auto resolves to on this machine's CPU); other names unchanged."""
+    return f"auto={precision.dtype_name(precision.resolve_dtype('auto', 'cpu')[0])}" if name == "auto" else name
+
+
+def to_dtype(label: str) -> torch.dtype:
+    """A dtype name or an 'auto=NAME' label -> torch.dtype."""
+    return precision.DTYPES[label.split("=")[-1]]
+
+
+def cpu_title() -> str:
+    """Appended to every table title: the numbers depend on the CPU's bf16 support."""
+    return f" — CPU: {precision.cpu_capability()}"
 GIB = 2**30
 FULL_STEPS = 50  # the paper's step count, for the extrapolated column
 PRESET = "mirror-tiger"
@@ -126,7 +144,7 @@ def bench_unet(dtypes: list[str], repeat: int, sizes: Sizes) -> str:
     inputs = {b: (torch.randn(b, 4, n, n, generator=g), torch.randn(b, 77, cdim, generator=g)) for b in (2, 4)}
     results: dict[tuple[str, int, str], tuple[float, torch.Tensor]] = {}  # (path, batch, dtype) -> (s, output)
     for name in dtypes:
-        dtype = DTYPES[name]
+        dtype = to_dtype(name)
         torch.manual_seed(0)  # the same weights in every dtype
         unet = UNet(sizes.unet).eval().requires_grad_(False).to(dtype)
         ref = None
@@ -153,7 +171,7 @@ def bench_unet(dtypes: list[str], repeat: int, sizes: Sizes) -> str:
                      f"{sec / diff[0]:.2f}x" if diff else "n/a", f"{(out - ours[1]).abs().max().item():.1e}",
                      rel_diff(out, fp32 and fp32[1])])
     rows.sort(key=lambda r: (r[1], [FUSED, EXPLICIT, DIFFUSERS].index(r[0])))  # by batch, then path; dtypes in order
-    title = f"### UNet forward: {n}x{n} latent, median of {repeat} (after 1 warm-up)\n\n"
+    title = f"### UNet forward: {n}x{n} latent, median of {repeat} (after 1 warm-up){cpu_title()}\n\n"
     return title + table(["path", "batch", "dtype", "seconds", "speedup vs float32", "time vs diffusers",
                           "max abs diff vs ours fused", "rel. diff vs float32"], rows)
 
@@ -164,7 +182,7 @@ def bench_vae(dtypes: list[str], repeat: int, sizes: Sizes) -> str:
     img, z = torch.rand(1, 3, n, n, generator=g) * 2 - 1, torch.randn(1, 4, n // 8, n // 8, generator=g)
     results: dict[tuple[str, str], tuple[float, torch.Tensor]] = {}
     for name in dtypes:
-        dtype = DTYPES[name]
+        dtype = to_dtype(name)
         torch.manual_seed(0)  # the same weights in every dtype
         vae = VAE(sizes.vae).eval().requires_grad_(False).to(dtype)
         with torch.no_grad():
@@ -177,7 +195,7 @@ def bench_vae(dtypes: list[str], repeat: int, sizes: Sizes) -> str:
         fp32 = results.get((call, "float32"))
         rows.append([call, name, f"{sec:.2f}", speedup(sec, fp32 and fp32[0]), rel_diff(out, fp32 and fp32[1])])
     rows.sort(key=lambda r: r[0] != "encode")
-    return (f"### VAE (ours): one {n}x{n} image, median of {repeat} (after 1 warm-up)\n\n"
+    return (f"### VAE (ours): one {n}x{n} image, median of {repeat} (after 1 warm-up){cpu_title()}\n\n"
             + table(["call", "dtype", "seconds", "speedup vs float32", "rel. diff vs float32"], rows))
 
 
@@ -248,7 +266,7 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_
 
 def run_child(mode: str, folder: Path, args: argparse.Namespace, dtype: str) -> dict:
     """Run a child mode of this script in a fresh interpreter; its last stdout line is a JSON result."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), mode, "--folder", str(folder), "--dtype", dtype,
+    cmd = [sys.executable, str(Path(__file__).resolve()), mode, "--folder", str(folder), "--dtype", dtype.split("=")[-1],
            "--steps", str(args.steps), "--size", args.size]
     cmd += ["--feature-dtype", args.feature_dtype] if args.feature_dtype else []
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
@@ -262,7 +280,8 @@ def bench_load(folder: Path, file_bytes: int, args: argparse.Namespace) -> str:
         r = run_child("child-load", folder, args, name)
         rows.append([name, f"{r['seconds']:.1f} s", gib(r["model_bytes"]), gib(r["lazy_delta"]), gib(r["peak_delta"]),
                      f"{r['peak_delta'] / r['model_bytes']:.2f}x", f"{r['peak_delta'] / file_bytes:.2f}x"])
-    return (f"### Load: diffusers folder of float32 safetensors ({gib(file_bytes)}), fresh process per dtype\n\n"
+    return (f"### Load: diffusers folder of float32 safetensors ({gib(file_bytes)}), fresh process per dtype"
+            f"{cpu_title()}\n\n"
             + table(["dtype", "load time", "loaded parameters+buffers", "peak RSS growth after load_model",
                      "... after touching every weight", "growth / loaded bytes (target <= 1.3x)",
                      "growth / file bytes"], rows))
@@ -299,7 +318,7 @@ def edit_table(r: dict, n: int, dtype: str) -> str:
             ["peak RSS (absolute)", gib(r["peak"]), gib(e["peak_full"])]]
     calls = ", ".join(f"{k} {v:.2f} s" for k, v in c.items())
     w, h = r["working_size"]
-    return (f"### Edit: {PRESET} preset, {w}x{h}, {dtype}, fresh process\n\n"
+    return (f"### Edit: {PRESET} preset, {w}x{h}, {dtype}, fresh process{cpu_title()}\n\n"
             + table(["metric", f"measured ({n} steps)", f"extrapolated to {FULL_STEPS} steps (estimate)"], rows)
             + f"\n\nOne call each (warm, no hooks): {calls}.\nModel calls = {n}x UNet b2 (inversion) + {n}x UNet b4 "
             "(edit) + VAE encode b2 + decode b2 + text b2 + b4. The extrapolation scales invert/edit time, the UNet "
@@ -316,7 +335,7 @@ def bench_edit(folder: Path, args: argparse.Namespace) -> str:
         rows.append([name, f"{r['wall']:.1f} s", f"{e['wall_full']:.1f} s", speedup(r["wall"], fp32 and fp32["wall"]),
                      gib(r["feature_bytes"]), gib(r["peak"]), gib(e["peak_full"])])
     w, h = runs[args.dtypes[0]]["working_size"]
-    parts.append(f"### Edit by dtype: {PRESET} preset, {w}x{h}, measured at {n} steps\n\n"
+    parts.append(f"### Edit by dtype: {PRESET} preset, {w}x{h}, measured at {n} steps{cpu_title()}\n\n"
                  + table(["dtype", f"wall ({n} steps)", f"wall ({FULL_STEPS} steps, estimate)", "speedup vs float32",
                           "reference K/V", f"peak RSS ({n} steps)", f"peak RSS ({FULL_STEPS} steps, estimate)"], rows))
     return "\n\n".join(parts)
@@ -328,8 +347,9 @@ def main() -> None:
     p.add_argument("what", nargs="?", default="all",
                    choices=["unet", "vae", "load", "edit", "all", "child-load", "child-edit"],
                    metavar="{unet,vae,load,edit,all}")
-    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated model weight dtypes to compare")
-    p.add_argument("--dtype", choices=list(DTYPES), help="one dtype only (short for --dtypes DTYPE)")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated model weight dtypes to compare "
+                   "(float32, bfloat16, auto)")
+    p.add_argument("--dtype", choices=[*DTYPES, "auto"], help="one dtype only (short for --dtypes DTYPE)")
     p.add_argument("--repeat", type=int, default=3, help="timed UNet/VAE runs (median), after one warm-up")
     p.add_argument("--steps", type=int, default=FULL_STEPS, help="edit steps (fewer: extrapolated to 50)")
     p.add_argument("--size", default=None, help="edit source image size, S or WxH (default 512)")
@@ -340,15 +360,19 @@ def main() -> None:
     args = p.parse_args()
     sizes = TINY if args.tiny else FULL
     args.dtypes = [args.dtype] if args.dtype else [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    if unknown := [d for d in args.dtypes if d not in DTYPES]:
-        p.error(f"unknown dtype(s) {unknown}; choose from {list(DTYPES)}")
+    if unknown := [d for d in args.dtypes if d not in DTYPES and d != "auto"]:
+        p.error(f"unknown dtype(s) {unknown}; choose from {[*DTYPES, 'auto']}")
+    args.dtypes = [dtype_label(d) for d in args.dtypes]
     args.size = args.size or str(sizes.image)
     if args.what.startswith("child-"):
-        dtype = DTYPES[args.dtypes[0]]
+        dtype = to_dtype(args.dtypes[0])
         result = (child_load(args.folder, dtype) if args.what == "child-load"
                   else child_edit(args.folder, dtype, args.steps, args.size, args.feature_dtype))
         print(json.dumps(result))
         return
+    for name in args.dtypes:
+        precision.warn_slow(to_dtype(name), "cpu")
+    print(f"CPU: {precision.cpu_capability()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtypes {', '.join(args.dtypes)}"
           + (" (--tiny: small widths, not SD1.5 numbers)" if args.tiny else "") + "\n", flush=True)
     if args.what in ("unet", "all"):

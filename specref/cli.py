@@ -20,6 +20,7 @@ from .images import load_image, mask_to_pil, psnr, to_pil, to_tensor, working_si
 from .inspect import write_inspection
 from .pipeline import DTYPES, EditResult, edit, x0_steps
 from .trace import Recorder, save_trace
+from weights import precision
 
 
 def _words(text: str | None) -> tuple[str, ...]:
@@ -127,9 +128,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--model", default=None, help="diffusers folder, LDM .safetensors/.ckpt, or Hub repo id "
                    "(default: the embedded demo model)")
-    g.add_argument("--dtype", default=None, choices=list(DTYPES),
-                   help="model weights dtype (default: float16 on CUDA, float32 on CPU; float64: the verification "
-                   "mode, every part in float64 for comparing implementations)")
+    g.add_argument("--dtype", default=None, choices=list(precision.NAMES),
+                   help="model weights dtype (default: float16 on CUDA, float32 on CPU for bit-reproducible runs). "
+                   "auto: float16 on CUDA, bfloat16 on a CPU with native bf16 (AVX-512 BF16 or AMX), else float32. "
+                   "bfloat16 on a CPU without native bf16 runs, with a warning: it is ~140x slower than float32 there "
+                   "(a 1024² matmul on an AVX2 AMD EPYC). float64: the verification mode, every part in float64 "
+                   "for comparing implementations (scripts/compare_trace.py)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -238,8 +242,10 @@ def load(args: argparse.Namespace):
     """The model named by --model/--dtype/--device."""
     import weights
 
-    args.dtype = args.dtype or ("float16" if str(args.device).startswith("cuda") else "float32")
-    return weights.load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    dtype, args.dtype_reason = precision.resolve_dtype(args.dtype, args.device)
+    args.dtype = precision.dtype_name(dtype)
+    print(f"dtype {args.dtype} on {args.device} ({args.dtype_reason})")
+    return weights.load_model(args.model, dtype=dtype, device=args.device)
 
 
 def run_edit(args: argparse.Namespace) -> Path:
@@ -281,7 +287,7 @@ def run_edit(args: argparse.Namespace) -> Path:
             save_file(t, tmp / "tensors.safetensors")
         run = {
             "settings": vars(result.config), "preset": args.preset, "model": args.model or str(weights.DEFAULT_MODEL),
-            "dtype": args.dtype, "device": str(args.device),
+            "dtype": args.dtype, "dtype_reason": args.dtype_reason, "device": str(args.device),
             "inputs": {"source": str(args.source), "reference": reference, "reference_mask": args.reference_mask},
             "sha256": {"source": _sha256(args.source), "reference": _sha256(reference),
                        "reference_mask": _sha256(args.reference_mask),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,18 @@ def load_image(source: str | Path | Image.Image, what: str = "image") -> Image.I
     except (OSError, UnidentifiedImageError) as e:
         raise ValueError(f"{what} file {source} is not a readable image ({e})") from None
     return img
+
+
+# Below this side an image carries too little to edit: it is upscaled to the working size (e.g. 1x1 px -> 512²).
+MIN_SIDE = 64
+
+
+def warn_if_small(img: Image.Image, what: str = "image") -> None:
+    """Warn when an input image's short side is below MIN_SIDE pixels: it would be silently upscaled and edited."""
+    if min(img.size) < MIN_SIDE:
+        name = getattr(img, "filename", "")
+        warnings.warn(f"{what + ' ' + name if name else what} is only {img.width}x{img.height} px (below the {MIN_SIDE} px minimum side): it is "
+                      "upscaled to the working size, and the edit has little to work from", stacklevel=3)
 
 
 def working_size(width: int, height: int, long_side: int = 512, multiple: int = 64) -> tuple[int, int]:

@@ -30,7 +30,8 @@ def read_mask(source: str | Path | Image.Image, kind: str = "auto") -> np.ndarra
     """
     if kind not in KINDS:
         raise ValueError(f"mask kind must be one of {KINDS}, got {kind!r}")
-    name = "<image>" if isinstance(source, Image.Image) else str(source)
+    # A PIL image read from a file keeps its name (Image.open sets .filename): the message names that file.
+    name = (getattr(source, "filename", "") or "(an in-memory image)") if isinstance(source, Image.Image) else str(source)
     if isinstance(source, Image.Image):
         img = source
     else:

@@ -16,17 +16,16 @@ from tqdm.auto import tqdm
 
 import sampling
 from model import StableDiffusion
+from weights.precision import DTYPES
 
 from .blend import blend_start
 from .config import EditConfig
 from .controller import EditController, EditObserver, P2PPlan, ReferenceFeatures, SRPlan
-from .images import load_image, to_pil, to_tensor, working_size
+from .images import load_image, to_pil, to_tensor, warn_if_small, working_size
 from .masks import read_mask
-from .trace import Recorder
 from .p2p import cross_replace_alpha, refine_mapper, replace_mapper, reweight_equalizer, self_replace_range
+from .trace import Recorder
 from .words import word_token_indices, word_vector
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 @dataclass
@@ -163,10 +162,12 @@ def prepare(sd: StableDiffusion, source: str | Path | Image.Image, reference: st
     validate(cfg, sd)
     plan = p2p_plan(cfg, sd)
     src_img = load_image(source, "source")
+    warn_if_small(src_img, "source")
     size = working_size(src_img.width, src_img.height, cfg.size or sd.native_size)
     images, mask_np, tokens = [to_tensor(src_img, size, sd.precise_dtype)], None, None
     if cfg.use_reference:
         ref_img = load_image(reference, "reference")
+        warn_if_small(ref_img, "reference")
         mask_np = reference_mask(ref_img, reference_mask_file)
         mask_np = np.asarray(Image.fromarray(mask_np).resize(size, Image.Resampling.NEAREST))
         if not mask_np.any():

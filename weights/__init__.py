@@ -14,23 +14,41 @@ from model import StableDiffusion
 from .checkpoint import StrictLoadError, UnsupportedCheckpoint
 from .folder import WEIGHT_NAMES, load_folder
 from .ldm import load_single_file
+from .precision import resolve_dtype, warn_slow
 
-__all__ = ["load_model", "UnsupportedCheckpoint", "StrictLoadError", "DEFAULT_MODEL", "hub_download"]
+__all__ = ["load_model", "UnsupportedCheckpoint", "StrictLoadError", "DEFAULT_MODEL", "ASSETS", "hub_download",
+           "resolve_dtype"]
 
-# The project's embedded demo model (a diffusers folder shipped in the repo), used when no source is given.
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "toy-sd"
+
+def _assets() -> Path:
+    """The demo assets: installed as package data `specref/assets` (a wheel), else the repo's `assets/` folder."""
+    top = Path(__file__).resolve().parent.parent
+    installed = top / "specref" / "assets"
+    return installed if (installed / "toy-sd").is_dir() else top / "assets"
+
+
+ASSETS = _assets()
+# The project's embedded demo model (a diffusers folder shipped in the repo and in its wheels), used when no
+# source is given.
+DEFAULT_MODEL = ASSETS / "toy-sd"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.float32,
+def load_model(source: str | Path | None = None, dtype: torch.dtype | str = torch.float32,
                device: str | torch.device = "cpu", use_ema: bool = True, variant: str | None = None,
                revision: str | None = None) -> StableDiffusion:
-    """Load SD v1 weights from a diffusers folder, an LDM single file or a Hub repo id (None: the demo model)."""
+    """Load SD v1 weights from a diffusers folder, an LDM single file or a Hub repo id (None: the demo model).
+
+    dtype: a torch.dtype or a name, "auto" included (weights.precision.resolve_dtype: float16 on CUDA, bfloat16
+    on a CPU with native bf16, else float32).
+    """
+    dtype, _ = resolve_dtype(dtype, device)
+    warn_slow(dtype, device)
     if source is None:
         if not (DEFAULT_MODEL / "model_index.json").exists():
             raise FileNotFoundError(f"no model given and the embedded demo model is missing at {DEFAULT_MODEL} (it ships "
-                                    "in the source repository: install from a clone with `pip install -e .`, or "
-                                    "give a model)")
+                                    "in the source repository and in wheels built from it: `pip install .` or "
+                                    "`pip install -e .` from a clone, or give a model)")
         source = DEFAULT_MODEL
     path = Path(source).expanduser()
     if path.is_dir():
