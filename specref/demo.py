@@ -44,6 +44,8 @@ def parser(default_out: str = "out/demo", prog: str = "python -m specref demo") 
     p.add_argument("--dtype", default=None, choices=list(precision.NAMES),
                    help="as `python -m specref edit --dtype` (default: float32 on CPU, float16 on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--inspect", metavar="DIR", help="also draw what the edit computed (as `edit --inspect`)")
+    p.add_argument("--trace", metavar="FILE", help="also write the per-step numbers (as `edit --trace`)")
     return p
 
 
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     model = ["--model", args.model, *SPEC_MASKS] if args.model else []
     extra = (["--dtype", args.dtype] if args.dtype else []) + (["--quiet"] if args.quiet else [])
     common = ["edit", *files, *EDIT, "--steps", str(args.steps), "--sr-steps", sr, *model, *extra]
-    rc = cli_main([*common, "--out", args.out])
+    seeing = [*(["--inspect", args.inspect] if args.inspect else []), *(["--trace", args.trace] if args.trace else [])]
+    rc = cli_main([*common, "--out", args.out, *seeing])
     if rc == 0 and args.baseline:
         rc = cli_main([*common, "--no-reference", "--out", args.out + "-baseline"])
     return rc

@@ -35,12 +35,15 @@ FLOAT32_SITES = {
     ("model/unet.py", "timestep_embedding"): "sinusoidal features of timesteps up to 999 need float32; cast after",
     ("sampling/loops.py", "encode"): "latents are float32 (SPEC §2 scaling, then inversion in float32)",
     ("sampling/loops.py", "decode"): "scaled latents are divided in float32, decoded images returned as float32",
-    ("sampling/loops.py", "guided_eps"): "eps is combined for guidance in float32",
+    ("sampling/loops.py", "batch_eps"): "the UNet's eps is returned in float32 for the guidance and the DDIM update",
+    ("sampling/loops.py", "guide"): "eps is combined for guidance in float32",
     ("sampling/loops.py", "invert"): "the inverted trajectory is kept in float32",
     ("sampling/ddim.py", "_move"): "the DDIM update runs in float32: bf16/fp16 rounding accumulates over 50 steps",
     ("sampling/ddim.py", "__init__"): "the noise schedule is float32",
     ("sampling/ddim.py", "alpha_bar"): "the noise schedule is float32 (read as a Python float)",
-    ("specref/pipeline.py", "edit"): "latents of the edit loop; mask_s as a 0/1 float map for resizing",
+    ("specref/pipeline.py", "prepare"): "input images are float32 (to_tensor)",
+    ("specref/pipeline.py", "invert"): "stage 1's latents are float32",
+    ("specref/pipeline.py", "edit_stage"): "latents of the edit loop; mask_s as a 0/1 float map for resizing",
     ("specref/pipeline.py", "p2p_plan"): _PLAN,
     ("specref/words.py", "word_vector"): _PLAN,
     ("specref/p2p.py", "cross_replace_alpha"): _PLAN,
@@ -58,7 +61,14 @@ FLOAT32_SITES = {
     ("specref/blend.py", "apply_blend"): "Local Blend acts on the float32 latents",
     ("specref/masks.py", "_resize"): _MASKS,
     ("specref/masks.py", "mask_t_from_maps"): _MASKS,
+    ("specref/masks.py", "mask_t_map"): _MASKS,
 }
+# (file, function) that build the P2P plan in float64 on the host: exact for the float64 mode; P2PPlan.to casts
+# the plan to float32 (float64 in that mode) on the model's device before it meets a map.
+FLOAT64_SITES = {("specref/p2p.py", "cross_replace_alpha"), ("specref/p2p.py", "replace_mapper"),
+                 ("specref/p2p.py", "refine_mapper"), ("specref/p2p.py", "align_mapper"),
+                 ("specref/p2p.py", "reweight_equalizer"), ("specref/pipeline.py", "p2p_plan"),
+                 ("specref/words.py", "word_vector")}
 # (file, function) that create a tensor without naming a device, so on the host whatever the model's device, and why
 # that is right.
 HOST_SITES = {
@@ -73,8 +83,9 @@ HOST_SITES = {
 }
 
 # Host tensors that are moved (or read as Python numbers) before they meet the model's tensors: checked on CUDA only.
-HOST_OK = set(HOST_SITES) | {("specref/images.py", "to_pil"), ("specref/pipeline.py", "edit"),
-                             ("specref/pipeline.py", "p2p_plan"), ("sampling/ddim.py", "alpha_bar")}
+HOST_OK = set(HOST_SITES) | {("specref/images.py", "to_pil"), ("specref/pipeline.py", "prepare"),
+                             ("specref/pipeline.py", "edit_stage"), ("specref/pipeline.py", "p2p_plan"),
+                             ("sampling/ddim.py", "alpha_bar")}
 
 
 def _site() -> tuple[str, str] | None:
@@ -167,7 +178,8 @@ def test_floating_tensors_are_in_the_models_dtype_except_the_deliberate_float32(
     for (_, dt), sites in rec.outputs.items():
         if dt.is_floating_point and dt != sd.dtype:
             other[dt] |= sites
-    assert set(other) <= {torch.float32}, {str(k): sorted(v) for k, v in other.items()}
+    assert set(other) <= {torch.float32, torch.float64}, "\n".join(f"{k}: {sorted(v)}" for k, v in other.items())
+    assert sorted(other[torch.float64] - FLOAT64_SITES) == [], sorted(other[torch.float64])
     extra = sorted(other[torch.float32] - FLOAT32_SITES.keys())
     assert extra == [], "\n".join(map(str, extra))
 
