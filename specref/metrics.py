@@ -62,12 +62,12 @@ def ssim_map(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, data_ra
     return s.mean(0)
 
 
-def psnr_where(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
-    """PSNR in dB of two 8-bit [H, W, C] images over the pixels where `where` is True (inf if equal)."""
+def psnr_where(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float | None:
+    """PSNR in dB of two 8-bit [H, W, C] images over the pixels where `where` is True (inf if equal; None if none)."""
     d = (a.astype(np.float64) - b.astype(np.float64)) ** 2
     if where is not None:
         if not where.any():
-            return math.nan
+            return None  # nothing outside the region
         d = d[where]
     mse = float(d.mean())
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
@@ -100,13 +100,15 @@ def edit_region(size: tuple[int, int], working_size: tuple[int, int], blend_mask
 
 
 def background_metrics(source: Image.Image, edited: Image.Image, region: np.ndarray | None) -> dict:
-    """PSNR and SSIM between source and edit outside `region` (whole image without one), and the region's area."""
+    """PSNR and SSIM between source and edit outside `region` (whole image without one; None when the region is
+    everything), and the region's area (fraction of the image)."""
     a, b = (np.asarray(i.convert("RGB")) for i in (source, edited))
     outside = None if region is None else ~region
     ssim = ssim_map(a, b)
+    if outside is not None and not outside.any():  # the region is the whole image: nothing to measure
+        return {"psnr_outside": None, "ssim_outside": None, "region_area": 1.0}
     return {"psnr_outside": psnr_where(a, b, outside),
-            "ssim_outside": float(ssim.mean() if outside is None else
-                                  (ssim[torch.from_numpy(outside)].mean() if outside.any() else math.nan)),
+            "ssim_outside": float(ssim.mean() if outside is None else ssim[torch.from_numpy(outside)].mean()),
             "region_area": 0.0 if region is None else float(region.mean())}
 
 
