@@ -86,7 +86,7 @@ def test_sweep_equals_edit_and_inverts_once(tiny_diffusers_dir, inputs, tmp_path
     rows = read_csv(out / "results.csv")
     assert [(r["self_replace_steps"], r["sr_steps"], r["status"], r["inversion"]) for r in rows] == [
         ("0.3", "0-4", "done", "0"), ("0.7", "2-4", "done", "0")]
-    assert float(rows[0]["ssim_outside"]) <= 1 and float(rows[0]["psnr_outside"]) > 0 and rows[0]["total_s"]
+    assert rows[0]["region"] == "blend+8px" and float(rows[0]["total_s"]) > 0 and int(rows[0]["peak_memory_bytes"]) > 0
     assert Image.open(out / "sheet.png").width > 2 * 160
     for r, (srs, sr) in zip(rows, [("0.3", "0-4"), ("0.7", "2-4")]):
         one = tmp_path / f"edit-{srs}"
@@ -96,14 +96,14 @@ def test_sweep_equals_edit_and_inverts_once(tiny_diffusers_dir, inputs, tmp_path
     # the Python API counts its inversions; a stage-1 setting that differs forces a second one
     res = specref.sweep(specref_sd(tiny_diffusers_dir), str(inputs / "s.png"), str(inputs / "r.png"),
                         specref.PRESETS["mirror-tiger"].config(steps=4, size=128, thres=0.2),
-                        {"inversion-guidance": ["1", "1.5"], "thres": [0.2, 0.3]},
+                        {"inversion-guidance": ["1", "1.5"], "thres": [0.2, 0.3]}, zip=True,
                         reference_mask=str(inputs / "m.png"), out=tmp_path / "sweep2", progress=False,
                         runtime={"save_tensors": True, "model": str(tiny_diffusers_dir)})
-    assert res.inversions == 2 and [r.inversion for r in res.runs] == [0, 0, 1, 1] and not res.failed
+    assert res.inversions == 2 and [r.inversion for r in res.runs] == [0, 1] and not res.failed
     one = tmp_path / "edit-ig"
     assert main(["edit", *edit_flags(inputs, tiny_diffusers_dir), "--out", str(one), "--inversion-guidance", "1.5",
                  "--thres", "0.3"]) == 0
-    assert_same_run(res.out / res.runs[3].name, one)
+    assert_same_run(res.out / res.runs[1].name, one)
 
 
 _SD = {}
@@ -229,7 +229,8 @@ def test_metrics_outside_a_blend_region(inputs, tmp_path):
     m = background_metrics(src, Image.fromarray(edited), region)
     (folder / "run.json").write_text(json.dumps({"metrics": m}))
     check_metrics(inputs / "s.png", folder)
-    assert m["region_area"] == pytest.approx(0.1875) and 40 < m["psnr_outside"] < 80 and 0.9 < m["ssim_outside"] < 1  # windows at the border see the region
+    # SSIM windows next to the region see a few of its (zeroed) pixels: a little below 1
+    assert m["region_area"] == pytest.approx(0.1875) and 40 < m["psnr_outside"] < 80 and 0.9 < m["ssim_outside"] < 1
 
 
 def test_ssim_hand_computed():
