@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """SpecRef benchmarks at SD1.5 size with random weights (no download), float32 and bfloat16 side by side.
 
-    python scripts/bench.py [unet|vae|load|edit|all] [--dtypes float32,bfloat16,auto] [--repeat R] [--steps N] [--size S]
+    python scripts/bench.py [unet|vae|load|edit|sweep|all] [--dtypes float32,bfloat16,auto] [--repeat R] [--steps N] [--size S]
 
 unet: UNet forward, batch 2 and 4 at a 64x64 latent: ours (fused and explicit) and diffusers' UNet2DConditionModel
       with the same weights in the same dtype (when diffusers is installed).
 vae:  our VAE encode and decode of one 512x512 image.
 load, edit: in a fresh subprocess per dtype, so that peak RSS belongs to that work alone.
+sweep: (fresh subprocess, first dtype) a k = 4 stage-2-only sweep against 4 separate `edit` runs (each with its model
+      load and inversion), and a batch of 4 jobs (model loaded once, no shared inversion) against the 4 edits alone.
 --dtype D is short for --dtypes D; `auto` is what `--dtype auto` picks on this machine (weights/precision.py),
 shown as e.g. "auto=float32". Every table title names the CPU and whether it has native bf16: bfloat16 numbers
-depend on it (~1.75x faster than float32 with AVX-512 bf16, ~100x slower without). --size sets the edit's random source image, S (square) or WxH, e.g. 1024x768
+depend on it (~1.75x faster than float32 with AVX-512 bf16, ~100x slower without). --size sets the edit's random
+source image, S (square) or WxH, e.g. 1024x768
 for the large-image memory check; the working size is its long side. --tiny (hidden) swaps in small widths and
 sizes so that everything runs in seconds: for checking the code paths, not for numbers.
 """
@@ -341,12 +344,82 @@ def bench_edit(folder: Path, args: argparse.Namespace) -> str:
     return "\n\n".join(parts)
 
 
+def child_sweep(folder: Path, dtype: torch.dtype, steps: int, size: str, k: int = 4) -> dict:
+    """(Fresh process) a k-run stage-2-only sweep vs k separate edits (load + edit + write each), and a k-job batch."""
+    import argparse as ap
+
+    from specref.cli import write_run
+
+    (w, h), rng = parse_size(size), np.random.default_rng(0)
+    tmp = Path(tempfile.mkdtemp(prefix="specref-bench-sweep-"))
+    srcs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(k + 1)]
+    mask = np.zeros((h, w), np.uint8)
+    mask[h * 5 // 16: h * 11 // 16, w * 5 // 16: w * 11 // 16] = 255
+    for i, im in enumerate(srcs):
+        im.save(tmp / f"img{i}.png")
+    Image.fromarray(mask, "L").save(tmp / "mask.png")
+    cfg = specref.PRESETS[PRESET].config(steps=steps, size=max(w, h))
+    values = [0.3, 0.4, 0.5, 0.6][:k]
+    rt = ap.Namespace(model=str(folder), dtype=str(dtype).removeprefix("torch."), device="cpu", save_tensors=False,
+                      quiet=True, preset=PRESET, source=str(tmp / "img0.png"), reference_mask=str(tmp / "mask.png"),
+                      source_mask=None, metrics_margin=8)
+    t0 = time.perf_counter()
+    sd = weights.load_model(folder, dtype=dtype)
+    load = time.perf_counter() - t0
+    loop_sep, sep = 0.0, 0.0  # k separate edits: each would load the model, invert and edit
+    for n, v in enumerate(values):
+        t0 = time.perf_counter()
+        res = specref.edit(sd, tmp / "img0.png", tmp / f"img{k}.png", cfg.replace(self_replace_steps=v),
+                           reference_mask_file=tmp / "mask.png", progress=False)
+        write_run(tmp / f"edit{n}", rt, res, srcs[0], srcs[k], str(tmp / f"img{k}.png"), 0)
+        sep += time.perf_counter() - t0 + load
+        loop_sep += res.timings["invert"] + res.timings["edit"]
+    t0 = time.perf_counter()
+    study = specref.sweep(sd, str(tmp / "img0.png"), str(tmp / f"img{k}.png"), cfg, {"self_replace_steps": values},
+                          reference_mask=str(tmp / "mask.png"), out=tmp / "sweep", progress=False, runtime=rt)
+    sweep = time.perf_counter() - t0 + load
+    loop_sweep = study.runs[0].record["timings_s"]["invert"] + sum(r.record["timings_s"]["edit"] for r in study.runs)
+    # batch: k jobs of different sources (no shared inversion), against the same k edits run one by one
+    lines = [json.dumps({"source": f"img{i}.png", "reference": f"img{k}.png", "reference_mask": "mask.png",
+                         "preset": PRESET, "steps": steps, "size": max(w, h)}) for i in range(k)]
+    (tmp / "jobs.jsonl").write_text("\n".join(lines) + "\n")
+    t0, single = time.perf_counter(), 0.0
+    for i in range(k):
+        t1 = time.perf_counter()
+        res = specref.edit(sd, tmp / f"img{i}.png", tmp / f"img{k}.png", cfg, reference_mask_file=tmp / "mask.png",
+                           progress=False)
+        write_run(tmp / f"single{i}", rt, res, srcs[i], srcs[k], str(tmp / f"img{k}.png"), 0)
+        single += time.perf_counter() - t1
+    t0 = time.perf_counter()
+    specref.run_batch(sd, tmp / "jobs.jsonl", tmp / "batch", progress=False, runtime=rt)
+    batch = time.perf_counter() - t0
+    assert study.inversions == 1
+    return {"k": k, "load": load, "separate": sep, "sweep": sweep, "loop_separate": loop_sep, "loop_sweep": loop_sweep,
+            "single_edits": single, "batch": batch}
+
+
+def bench_sweep(folder: Path, args: argparse.Namespace) -> str:
+    """The sweep and batch timings (measured at --steps, invert/edit loops extrapolated to 50 steps)."""
+    r = run_child("child-sweep", folder, args, args.dtypes[0])
+    scale = FULL_STEPS / args.steps
+    full = lambda wall, loop: wall - loop + loop * scale  # noqa: E731
+    sep_f, sw_f = full(r["separate"], r["loop_separate"]), full(r["sweep"], r["loop_sweep"])
+    k = r["k"]
+    rows = [[f"{k} separate edits (load + invert + edit + write each)", f"{r['separate']:.1f} s", f"{sep_f:.1f} s"],
+            [f"sweep of {k} (one load, one inversion)", f"{r['sweep']:.1f} s", f"{sw_f:.1f} s"],
+            ["sweep / separate (target <= 0.75)", f"{r['sweep'] / r['separate']:.2f}", f"{sw_f / sep_f:.2f}"],
+            [f"batch of {k} jobs / the {k} edits alone, model loaded once (target <= 1.05)",
+             f"{r['batch'] / r['single_edits']:.3f}", ""]]
+    return (f"### Sweep and batch: {PRESET}, {args.size}, {args.dtypes[0]}, k = {k}, model load {r['load']:.1f} s\n\n"
+            + table(["", f"measured ({args.steps} steps)", f"{FULL_STEPS} steps (estimate)"], rows))
+
+
 def main() -> None:
     """Parse arguments and print the chosen benchmarks' tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="all",
-                   choices=["unet", "vae", "load", "edit", "all", "child-load", "child-edit"],
-                   metavar="{unet,vae,load,edit,all}")
+                   choices=["unet", "vae", "load", "edit", "sweep", "all", "child-load", "child-edit", "child-sweep"],
+                   metavar="{unet,vae,load,edit,sweep,all}")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated model weight dtypes to compare "
                    "(float32, bfloat16, auto)")
     p.add_argument("--dtype", choices=[*DTYPES, "auto"], help="one dtype only (short for --dtypes DTYPE)")
@@ -367,6 +440,7 @@ def main() -> None:
     if args.what.startswith("child-"):
         dtype = to_dtype(args.dtypes[0])
         result = (child_load(args.folder, dtype) if args.what == "child-load"
+                  else child_sweep(args.folder, dtype, args.steps, args.size) if args.what == "child-sweep"
                   else child_edit(args.folder, dtype, args.steps, args.size, args.feature_dtype))
         print(json.dumps(result))
         return
@@ -379,7 +453,7 @@ def main() -> None:
         print(bench_unet(args.dtypes, args.repeat, sizes) + "\n", flush=True)
     if args.what in ("vae", "all"):
         print(bench_vae(args.dtypes, args.repeat, sizes) + "\n", flush=True)
-    if args.what in ("load", "edit", "all"):
+    if args.what in ("load", "edit", "sweep", "all"):
         with tempfile.TemporaryDirectory(prefix="specref-bench-") as tmp:
             t0 = time.perf_counter()
             file_bytes = make_folder(Path(tmp) / "sd15-random", sizes)
@@ -389,6 +463,8 @@ def main() -> None:
                 print(bench_load(Path(tmp) / "sd15-random", file_bytes, args) + "\n", flush=True)
             if args.what in ("edit", "all"):
                 print(bench_edit(Path(tmp) / "sd15-random", args) + "\n", flush=True)
+            if args.what in ("sweep", "all"):
+                print(bench_sweep(Path(tmp) / "sd15-random", args) + "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Command line: `python -m specref edit|sample|reconstruct ...` and `--preset-list`."""
+"""Command line: `python -m specref edit|sweep|batch|sample|reconstruct ...` and `--preset-list`."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from .config import PRESETS, EditConfig
 from .images import load_image, mask_to_pil, psnr, to_pil, to_tensor, working_size
 from .inspect import write_inspection
+from .metrics import MARGIN, PeakMemory, background_metrics, edit_region
 from .pipeline import DTYPES, EditResult, edit, x0_steps
 from .trace import Recorder, save_trace
 from weights import precision
@@ -108,6 +109,8 @@ EDIT_FLAGS: dict[str, tuple[str, object, str, str]] = {
 }
 
 
+CHOICES = {"mode": ("replace", "refine"), "masks": ("both", "s", "t", "none"), "interp": ("nearest", "bilinear"),
+           "feature_dtype": tuple(DTYPES)}
 METAVARS = {str: "TEXT", _words: "WORDS", float: "F", int: "N", _range: "A-B", _pair: "SRC;TGT", _ints: "BLOCKS",
             _floats: "T0,T1", _reweight: "WORD=F"}
 
@@ -138,14 +141,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `python -m specref` argument parser."""
-    parser = argparse.ArgumentParser(prog="python -m specref", description=__doc__)
-    parser.add_argument("--preset-list", action="store_true", help="print the presets and exit")
-    sub = parser.add_subparsers(dest="command")
-    e = sub.add_parser("edit", help="edit a source image with a reference object (SPEC §3-§4)",
-                       description="Edit SOURCE so that the target words' region becomes the reference object. "
-                       "Give --preset or the prompts; every flag overrides the preset. Defaults in brackets.")
+def add_edit_args(e: argparse.ArgumentParser, out: str = "out", out_help: str = "output folder (edit.png, "
+                  "reconstruction.png, masks, summary.png, run.json) [out]") -> None:
+    """The `edit` flags (inputs, every EDIT_FLAGS setting by group, runtime, outputs); `sweep` takes them too."""
     groups = {name: e.add_argument_group(name) for name in (PROMPTS, P2P, BLEND, SR, SAMPLING)}
     gi = groups[PROMPTS]
     gi.add_argument("--source", required=True, help="source image to edit")
@@ -155,23 +153,55 @@ def build_parser() -> argparse.ArgumentParser:
                     "(SPEC §4.4) [the reference's non-black / alpha > 0 pixels]")
     gi.add_argument("--preset", choices=sorted(PRESETS), help="settings of a SPEC §6 row (python -m specref "
                     "--preset-list)")
+    gi.add_argument("--source-mask", help="edit region on the source, white = region (e.g. a benchmark's): the "
+                    "metrics measure outside it [the final Local Blend region]")
+    gi.add_argument("--metrics-margin", type=int, default=MARGIN, metavar="PX", help="dilation of the Local "
+                    f"Blend region before the metrics, in working-size pixels [{MARGIN}]")
     gi.add_argument("--no-reference", action="store_true", help="the P2P baseline of the paper's comparison: "
                     "no SR-attn (SPEC §4.4)")
     for flag, (field, kind, group, text) in EDIT_FLAGS.items():
-        choices = {"mode": ("replace", "refine"), "masks": ("both", "s", "t", "none"), "interp": ("nearest", "bilinear"),
-                   "feature_dtype": tuple(DTYPES)}.get(field)
+        choices = CHOICES.get(field)
         groups[group].add_argument(flag, type=kind, default=None, choices=choices, metavar=None if choices else METAVARS.get(kind),
                                    help=f"{text} [{_default(field)}]")
     _add_model_args(e)
     o = e.add_argument_group("outputs")
-    o.add_argument("--out", default="out", help="output folder (edit.png, reconstruction.png, masks, summary.png, "
-                   "run.json) [out]")
+    o.add_argument("--out", default=out, help=out_help)
     o.add_argument("--save-tensors", action="store_true", help="also write tensors.safetensors (latents, mask_t)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m specref` argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m specref", description=__doc__)
+    parser.add_argument("--preset-list", action="store_true", help="print the presets and exit")
+    sub = parser.add_subparsers(dest="command")
+    e = sub.add_parser("edit", help="edit a source image with a reference object (SPEC §3-§4)",
+                       description="Edit SOURCE so that the target words' region becomes the reference object. "
+                       "Give --preset or the prompts; every flag overrides the preset. Defaults in brackets.")
+    add_edit_args(e)
+    o = e.add_argument_group("seeing inside the edit (docs/method.md)")
     o.add_argument("--inspect", metavar="DIR", help="also draw what the edit computed into DIR: per-token "
                    "cross-attention, Local Blend and mask_t over the steps, SR-attn's change and reference mass, "
-                   "the predicted x0 (docs/method.md)")
+                   "the predicted x0")
     o.add_argument("--trace", metavar="FILE", help="also write the per-step numbers (latents, noise predictions, "
-                   "masks, word maps) as safetensors, for scripts/compare_trace.py (README: Traces)")
+                   "masks, word maps) as safetensors, for scripts/compare_trace.py (README: Seeing inside an edit)")
+    w = sub.add_parser("sweep", help="one edit per combination of --vary values: one model load, one inversion "
+                       "per stage-1 setting", description="Every edit flag, plus --vary NAME=V1,V2 (any edit flag's "
+                       "name; '|' between values when a value has commas, e.g. --vary 'map-blocks=4,5,7|13,14,15').")
+    add_edit_args(w, out_help="sweep folder: a folder per run, sheet.png, results.csv [out/sweep]", out="out/sweep")
+    g = w.add_argument_group("sweep")
+    g.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2",
+                   help="an edit flag's name and its values; several --vary: every combination")
+    g.add_argument("--zip", action="store_true", help="pair the --vary lists (same length) instead of their product")
+    b = sub.add_parser("batch", help="the edits of a JSON-lines job file; resumable; runs under torchrun",
+                       description="One edit per line of JOBS: a JSON object with source, reference, "
+                       "reference_mask, source_mask, preset, name and any edit flag without its dashes "
+                       "(e.g. \"self_replace_steps\": 0.6); paths relative to JOBS. Finished jobs are skipped; "
+                       "the exit code is the number of failed jobs.")
+    b.add_argument("jobs", help="JSON-lines job file")
+    _add_model_args(b)
+    o = b.add_argument_group("outputs")
+    o.add_argument("--out", default="out/batch", help="batch folder: a folder per job and results.csv [out/batch]")
+    o.add_argument("--save-tensors", action="store_true", help="also write tensors.safetensors for every job")
     s = sub.add_parser("sample", help="text-to-image (checks a model)")
     _add_model_args(s)
     s.add_argument("--prompt", required=True)
@@ -208,7 +238,8 @@ def edit_config(args: argparse.Namespace) -> EditConfig:
 
 
 def _sha256(path: str | Path | None) -> str | None:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else None
+    ok = isinstance(path, (str, Path)) and path and Path(path).is_file()  # not for in-memory images
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if ok else None
 
 
 def summary_image(source: Image.Image, reference: Image.Image | None, mask_s, mask_t, result: EditResult) -> Image.Image:
@@ -248,15 +279,21 @@ def load(args: argparse.Namespace):
     return weights.load_model(args.model, dtype=dtype, device=args.device)
 
 
+def edit_inputs(args: argparse.Namespace) -> tuple[EditConfig, object]:
+    """The settings and the reference (None for --no-reference) of edit flags; edit, sweep and batch share it."""
+    cfg = edit_config(args)
+    reference = None if args.no_reference else args.reference
+    if reference is None and not args.no_reference:
+        raise SystemExit("error: give --reference (or --no-reference for the P2P baseline)")
+    return cfg, reference
+
+
 def run_edit(args: argparse.Namespace) -> Path:
     """`edit`: everything is computed first, then written, so a failure leaves no partial output folder."""
     import sampling
     import weights
 
-    cfg = edit_config(args)
-    reference = None if args.no_reference else args.reference
-    if reference is None and not args.no_reference:
-        raise SystemExit("error: give --reference (or --no-reference for the P2P baseline)")
+    cfg, reference = edit_inputs(args)
     src_img = load_image(args.source, "source")
     ref_img = load_image(reference, "reference") if reference else None
     sd = load(args)
@@ -265,9 +302,31 @@ def run_edit(args: argparse.Namespace) -> Path:
         n = cfg.steps
         rec = Recorder(sampling.DDIM(n, config=sd.scheduler_config), cfg.guidance, sr=bool(args.inspect),
                        x0_steps=x0_steps(n) if args.inspect else ())
-    result = edit(sd, src_img, ref_img, cfg, reference_mask_file=args.reference_mask, progress=not args.quiet,
-                  observer=rec)
-    out = Path(args.out)
+    with PeakMemory(args.device) as peak:
+        result = edit(sd, src_img, ref_img, cfg, reference_mask_file=args.reference_mask, progress=not args.quiet,
+                      observer=rec)
+    out = write_run(Path(args.out), args, result, src_img, ref_img, reference, peak.peak)
+    if args.trace:
+        meta = {"settings": vars(result.config), "timesteps": rec.ddim.timesteps.tolist(), "dtype": args.dtype,
+                "model": args.model or str(weights.DEFAULT_MODEL)}
+        print(f"wrote {save_trace(args.trace, rec.trace(result.latents['source_inverted']), meta)}")
+    if args.inspect:
+        paths = write_inspection(args.inspect, sd, rec, cfg.source_prompt, cfg.target_prompt, src_img,
+                                 ref_img if result.config.use_reference else None)
+        print(f"wrote {len(paths)} pictures to {args.inspect}")
+    return out
+
+
+def write_run(out: Path, args: argparse.Namespace, result: EditResult, src_img: Image.Image,
+              ref_img: Image.Image | None, reference: object, peak_bytes: int, extra: dict | None = None) -> Path:
+    """An edit's output folder (images, masks, metrics, run.json), written to a temporary folder and renamed into
+    place; `edit`, each sweep run and each batch job write exactly this."""
+    import weights
+
+    region, region_kind = edit_region(src_img.size, result.working_size, result.blend_mask,
+                                      getattr(args, "source_mask", None), getattr(args, "metrics_margin", MARGIN))
+    metrics = {**background_metrics(src_img, result.edit, region), "region": region_kind,
+               "seconds": result.timings.get("total"), "peak_memory_bytes": peak_bytes}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # renamed to `out` when complete
     try:
@@ -278,6 +337,8 @@ def run_edit(args: argparse.Namespace) -> Path:
         if result.mask_t is not None:
             mask_to_pil(result.mask_t, result.working_size).save(tmp / "mask_t.png")
         summary_image(src_img, ref_img, result.mask_s, result.mask_t, result).save(tmp / "summary.png")
+        if region is not None:
+            mask_to_pil(region).save(tmp / "region.png")  # what the metrics leave out
         if args.save_tensors:
             from safetensors.torch import save_file
 
@@ -287,13 +348,14 @@ def run_edit(args: argparse.Namespace) -> Path:
             save_file(t, tmp / "tensors.safetensors")
         run = {
             "settings": vars(result.config), "preset": args.preset, "model": args.model or str(weights.DEFAULT_MODEL),
-            "dtype": args.dtype, "dtype_reason": args.dtype_reason, "device": str(args.device),
-            "inputs": {"source": str(args.source), "reference": reference, "reference_mask": args.reference_mask},
+            "dtype": args.dtype, "dtype_reason": getattr(args, "dtype_reason", None), "device": str(args.device),
+            "inputs": {"source": str(args.source), "reference": reference, "reference_mask": args.reference_mask,
+                       "source_mask": getattr(args, "source_mask", None)},
             "sha256": {"source": _sha256(args.source), "reference": _sha256(reference),
                        "reference_mask": _sha256(args.reference_mask),
                        "model": _sha256(args.model) if args.model and Path(args.model).is_file() else None},
             "working_size": list(result.working_size), "timings_s": result.timings,
-            "reference_feature_bytes": result.feature_bytes,
+            "reference_feature_bytes": result.feature_bytes, "metrics": metrics, **(extra or {}),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
         }
         (tmp / "run.json").write_text(json.dumps(run, indent=2, default=str))
@@ -303,14 +365,6 @@ def run_edit(args: argparse.Namespace) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if args.trace:
-        meta = {"settings": vars(result.config), "timesteps": rec.ddim.timesteps.tolist(), "dtype": args.dtype,
-                "model": args.model or str(weights.DEFAULT_MODEL)}
-        print(f"wrote {save_trace(args.trace, rec.trace(result.latents['source_inverted']), meta)}")
-    if args.inspect:
-        paths = write_inspection(args.inspect, sd, rec, cfg.source_prompt, cfg.target_prompt, src_img,
-                                 ref_img if result.config.use_reference else None)
-        print(f"wrote {len(paths)} pictures to {args.inspect}")
     return out
 
 
@@ -359,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "edit":
             print(f"wrote {run_edit(args)}")
+        elif args.command in ("sweep", "batch"):
+            from . import study
+
+            return study.run_sweep_command(args) if args.command == "sweep" else study.run_batch_command(args)
         elif args.command == "sample":
             run_sample(args)
         else:

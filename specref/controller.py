@@ -122,6 +122,7 @@ class EditController(AttentionHook):
         self._mask_t: dict[tuple[int, int, int], Tensor] = {}
         self._map_t: tuple[int, Tensor] | None = None  # (step, normalised mask_t map) of the current SR step
         self.last_mask_t: Tensor | None = None  # at the latent size, for outputs
+        self.last_blend: Tensor | None = None   # the Local Blend mask [h, w] of the last step that blended
 
     # ---- SR-attn (SPEC §4.4) -----------------------------------------------------------------
     def sr_active(self, site: AttnSite, step: int | None) -> bool:
@@ -206,6 +207,7 @@ class EditController(AttentionHook):
         if p.blend_words is None or step < p.blend_start:
             return x
         mask = local_blend_mask(self.map_sum[:, None], p.blend_words, tuple(x.shape[-2:]), p.blend_th, p.substruct_words)
+        self.last_blend = mask[0, 0]
         if self.observer is not None:
             self.observer.on_blend(step, mask[0, 0])
         return torch.stack([x[0], apply_blend(x[0], x[1], mask.to(x)[0])])

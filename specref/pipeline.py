@@ -41,6 +41,7 @@ class EditResult:
     working_size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
     feature_bytes: int = 0          # memory of the kept reference K/V
+    blend_mask: Tensor | None = None  # [h, w] 0/1 at the latent size: the final Local Blend region (None: no blend)
     inspection: Recorder | None = None  # with edit(..., inspect=True): what stage 2 computed, step by step
 
 
@@ -234,7 +235,8 @@ def edit_stage(sd: StableDiffusion, prep: Prepared, inv: Inversion, cfg: EditCon
         edit=to_pil(out[1], prep.source.size), reconstruction=to_pil(out[0], prep.source.size),
         mask_s=prep.mask_s, mask_t=ctrl.last_mask_t if sr is not None and sr.target_tokens is not None else None,
         latents={"source_inverted": z_src, "reconstruction_latent": x[:1].clone(), "edit_latent": x[1:].clone()},
-        config=cfg, working_size=prep.size, timings=timings, feature_bytes=sr.features.nbytes() if sr else 0)
+        config=cfg, working_size=prep.size, timings=timings, feature_bytes=sr.features.nbytes() if sr else 0,
+        blend_mask=ctrl.last_blend)
 
 
 @torch.no_grad()
