@@ -507,9 +507,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
             torch.cuda.set_device(args.device)
         # a rank that finishes early waits at the barrier for the others: allow long batches (default 30 min)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(days=7))
-    args.dtype = args.dtype or ("float16" if str(args.device).startswith("cuda") else "float32")
     try:
-        res = run_batch(lambda: load(args), args.jobs, args.out, rank=rank, world=world, progress=not args.quiet,
+        run_batch(lambda: load(args), args.jobs, args.out, rank=rank, world=world, progress=not args.quiet,
                         runtime=args, barrier=dist.barrier if dist else None)
         if dist:
             dist.barrier()  # results.csv is merged before any rank reads it or exits
