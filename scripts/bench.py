@@ -7,6 +7,7 @@ unet: UNet forward, batch 2 and 4 at a 64x64 latent: ours (fused and explicit) a
       with the same weights in the same dtype (when diffusers is installed).
 vae:  our VAE encode and decode of one 512x512 image.
 load, edit: in a fresh subprocess per dtype, so that peak RSS belongs to that work alone.
+inspect: (first dtype) the edit without and with `--inspect` (recording + pictures), each in a fresh subprocess.
 sweep: (fresh subprocess, first dtype) a k = 4 stage-2-only sweep against 4 separate `edit` runs (each with its model
       load and inversion), and a batch of 4 jobs (model loaded once, no shared inversion) against the 4 edits alone.
 --dtype D is short for --dtypes D; `auto` is what `--dtype auto` picks on this machine (weights/precision.py),
@@ -38,6 +39,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import specref  # noqa: E402
+from specref.inspect import write_inspection  # noqa: E402
 import weights  # noqa: E402
 from weights import precision  # noqa: E402
 from weights.save import MODEL_INDEX, save_part  # noqa: E402
@@ -238,8 +240,10 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(w), int(h or w)
 
 
-def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_dtype: str | None = None) -> dict:
-    """(Fresh process) one edit with random WxH images, then one timing of each model call it makes."""
+def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_dtype: str | None = None,
+               inspect: bool = False) -> dict:
+    """(Fresh process) one edit with random WxH images (with --inspect's recording and pictures if asked), then one
+    timing of each model call it makes."""
     base = peak_rss()
     sd = weights.load_model(folder, dtype=dtype)
     (w, h), rng = parse_size(size), np.random.default_rng(0)
@@ -248,8 +252,15 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_
     mask[h * 5 // 16: h * 11 // 16, w * 5 // 16: w * 11 // 16] = 255  # a centred rectangle
     cfg = specref.PRESETS[PRESET].config(steps=steps, feature_dtype=feature_dtype, size=max(w, h))
     t0 = time.perf_counter()
-    result = specref.edit(sd, src, ref, cfg, reference_mask_file=Image.fromarray(mask, "L"), progress=False)
+    result = specref.edit(sd, src, ref, cfg, reference_mask_file=Image.fromarray(mask, "L"), progress=False,
+                          inspect=inspect)
     wall = time.perf_counter() - t0
+    if inspect:  # the pictures (the predicted x0 is decoded here), as `edit --inspect` draws them
+        with tempfile.TemporaryDirectory() as tmp:
+            t1 = time.perf_counter()
+            write_inspection(tmp, sd, result.inspection, cfg.source_prompt, cfg.target_prompt, src, ref)
+            result.timings["pictures"] = time.perf_counter() - t1
+        wall += result.timings["pictures"]
     peak = peak_rss()
     (ww, wh), lat = result.working_size, lambda b: torch.randn(b, 4, result.working_size[1] // 8, ww // 8, dtype=dtype)
     with torch.no_grad():  # plain model calls (no hooks), already warm from the edit
@@ -267,10 +278,10 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_
             "model_bytes": model_bytes(sd), "working_size": [ww, wh]}
 
 
-def run_child(mode: str, folder: Path, args: argparse.Namespace, dtype: str) -> dict:
+def run_child(mode: str, folder: Path, args: argparse.Namespace, dtype: str, *extra: str) -> dict:
     """Run a child mode of this script in a fresh interpreter; its last stdout line is a JSON result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), mode, "--folder", str(folder), "--dtype", dtype.split("=")[-1],
-           "--steps", str(args.steps), "--size", args.size]
+           "--steps", str(args.steps), "--size", args.size, *extra]
     cmd += ["--feature-dtype", args.feature_dtype] if args.feature_dtype else []
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -398,6 +409,24 @@ def child_sweep(folder: Path, dtype: torch.dtype, steps: int, size: str, k: int 
             "single_edits": single, "batch": batch}
 
 
+def bench_inspect(folder: Path, args: argparse.Namespace) -> str:
+    """`--inspect`'s cost: the same edit without and with it, each in a fresh process (issue 17: <= 1.3x time,
+    <= 1.5x peak memory); the 50-step column scales the invert/edit loops, the pictures are a fixed cost."""
+    name = args.dtypes[0]
+    plain, seen = (run_child("child-edit", folder, args, name, *flag) for flag in ([], ["--inspect"]))
+    ep, es = edit_estimate(plain, args.steps), edit_estimate(seen, args.steps)
+    rows = [["wall time", f"{plain['wall']:.1f} s", f"{seen['wall']:.1f} s", f"{seen['wall'] / plain['wall']:.2f}x",
+             f"{ep['wall_full']:.1f} s", f"{es['wall_full']:.1f} s", f"{es['wall_full'] / ep['wall_full']:.2f}x"],
+            ["of which the pictures", "", f"{seen['timings']['pictures']:.1f} s", "", "",
+             f"{seen['timings']['pictures']:.1f} s", ""],
+            ["peak RSS", gib(plain["peak"]), gib(seen["peak"]), f"{seen['peak'] / plain['peak']:.2f}x",
+             gib(ep["peak_full"]), gib(es["peak_full"]), f"{es['peak_full'] / ep['peak_full']:.2f}x"]]
+    w, h = plain["working_size"]
+    return (f"### --inspect: {PRESET} preset, {w}x{h}, {name}, fresh process each{cpu_title()}\n\n"
+            + table(["", f"edit ({args.steps} steps)", "with --inspect", "ratio (target: time <= 1.3x, peak <= 1.5x)",
+                     f"edit ({FULL_STEPS} steps, estimate)", "with --inspect", "ratio"], rows))
+
+
 def bench_sweep(folder: Path, args: argparse.Namespace) -> str:
     """The sweep and batch timings (measured at --steps, invert/edit loops extrapolated to 50 steps)."""
     r = run_child("child-sweep", folder, args, args.dtypes[0])
@@ -418,8 +447,8 @@ def main() -> None:
     """Parse arguments and print the chosen benchmarks' tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="all",
-                   choices=["unet", "vae", "load", "edit", "sweep", "all", "child-load", "child-edit", "child-sweep"],
-                   metavar="{unet,vae,load,edit,sweep,all}")
+                   choices=["unet", "vae", "load", "edit", "sweep", "inspect", "all", "child-load", "child-edit",
+                            "child-sweep"], metavar="{unet,vae,load,edit,sweep,inspect,all}")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated model weight dtypes to compare "
                    "(float32, bfloat16, auto)")
     p.add_argument("--dtype", choices=[*DTYPES, "auto"], help="one dtype only (short for --dtypes DTYPE)")
@@ -428,6 +457,9 @@ def main() -> None:
     p.add_argument("--size", default=None, help="edit source image size, S or WxH (default 512)")
     p.add_argument("--feature-dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="dtype of the kept reference K/V in the edit (default: the model's)")
+    p.add_argument("--model", type=Path, default=None, help="load/edit/inspect/sweep on this diffusers folder instead of "
+                   "random SD1.5-size weights (e.g. assets/toy-sd with --size 128: the demo size)")
+    p.add_argument("--inspect", action="store_true", help=argparse.SUPPRESS)  # child-edit: with --inspect
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # small widths: checks the code paths
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)  # child modes only
     args = p.parse_args()
@@ -441,7 +473,7 @@ def main() -> None:
         dtype = to_dtype(args.dtypes[0])
         result = (child_load(args.folder, dtype) if args.what == "child-load"
                   else child_sweep(args.folder, dtype, args.steps, args.size) if args.what == "child-sweep"
-                  else child_edit(args.folder, dtype, args.steps, args.size, args.feature_dtype))
+                  else child_edit(args.folder, dtype, args.steps, args.size, args.feature_dtype, args.inspect))
         print(json.dumps(result))
         return
     for name in args.dtypes:
@@ -453,18 +485,25 @@ def main() -> None:
         print(bench_unet(args.dtypes, args.repeat, sizes) + "\n", flush=True)
     if args.what in ("vae", "all"):
         print(bench_vae(args.dtypes, args.repeat, sizes) + "\n", flush=True)
-    if args.what in ("load", "edit", "sweep", "all"):
+    if args.what in ("load", "edit", "sweep", "inspect", "all"):
         with tempfile.TemporaryDirectory(prefix="specref-bench-") as tmp:
-            t0 = time.perf_counter()
-            file_bytes = make_folder(Path(tmp) / "sd15-random", sizes)
-            print(f"(wrote a random {'tiny' if args.tiny else 'SD1.5-size'} folder, {gib(file_bytes)}, in "
-                  f"{time.perf_counter() - t0:.0f} s)\n", flush=True)
+            folder = args.model or Path(tmp) / "sd15-random"
+            if args.model is None:
+                t0 = time.perf_counter()
+                file_bytes = make_folder(folder, sizes)
+                print(f"(wrote a random {'tiny' if args.tiny else 'SD1.5-size'} folder, {gib(file_bytes)}, in "
+                      f"{time.perf_counter() - t0:.0f} s)\n", flush=True)
+            else:
+                file_bytes = sum(f.stat().st_size for f in Path(folder).rglob("*.safetensors"))
+                print(f"(model: {folder})\n", flush=True)
             if args.what in ("load", "all"):
-                print(bench_load(Path(tmp) / "sd15-random", file_bytes, args) + "\n", flush=True)
+                print(bench_load(folder, file_bytes, args) + "\n", flush=True)
             if args.what in ("edit", "all"):
-                print(bench_edit(Path(tmp) / "sd15-random", args) + "\n", flush=True)
+                print(bench_edit(folder, args) + "\n", flush=True)
+            if args.what in ("inspect", "all"):
+                print(bench_inspect(folder, args) + "\n", flush=True)
             if args.what in ("sweep", "all"):
-                print(bench_sweep(Path(tmp) / "sd15-random", args) + "\n", flush=True)
+                print(bench_sweep(folder, args) + "\n", flush=True)
 
 
 if __name__ == "__main__":
