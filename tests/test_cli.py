@@ -3,25 +3,18 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
 from specref.cli import build_parser, edit_config, main
+from tiny import write_inputs
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli")
-    rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(d / "s.png")
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "r.png")
-    m = np.zeros((64, 64), np.uint8)
-    m[16:48, 16:48] = 255
-    Image.fromarray(m).save(d / "m.png")
-    return d
+    return write_inputs(tmp_path_factory.mktemp("cli"))
 
 
 def args_for(d, model, out, *extra):

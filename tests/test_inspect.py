@@ -18,7 +18,8 @@ import specref.cli
 import specref.controller
 from specref.inspect import mass_inside, write_inspection
 from specref.trace import Recorder, load_trace, save_trace
-from test_editor import CFG, MASK, N, REF, SRC, run
+from test_editor import CFG, N, REF, SRC, run
+from tiny import write_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import compare_trace  # noqa: E402
@@ -132,12 +133,7 @@ def test_mass_inside():
 def test_cli_inspect_and_trace(tiny_diffusers_dir, tmp_path):
     from test_cli import args_for
 
-    d = tmp_path / "in"
-    d.mkdir()
-    rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(d / "s.png")
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "r.png")
-    Image.fromarray(MASK.astype(np.uint8) * 255).resize((64, 64)).save(d / "m.png")
+    d = write_inputs(tmp_path / "in")
     out, insp, trace = tmp_path / "o", tmp_path / "insp", tmp_path / "t.safetensors"
     assert specref.cli.main(args_for(d, tiny_diffusers_dir, out, "--save-tensors", "--inspect", str(insp),
                                      "--trace", str(trace))) == 0

@@ -98,19 +98,13 @@ def test_load_model_accepts_names_and_auto(tiny_diffusers_dir, monkeypatch):
 
 
 def test_cli_says_what_was_chosen_and_why(tiny_diffusers_dir, tmp_path, monkeypatch, capsys):
-    import numpy as np
-    from PIL import Image
     from test_cli import args_for
+    from tiny import write_inputs
 
     from specref.cli import main
 
     monkeypatch.setattr(precision, "cpu_bf16_native", lambda: False)
-    rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "s.png")
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "r.png")
-    m = np.zeros((64, 64), np.uint8)
-    m[16:48, 16:48] = 255
-    Image.fromarray(m).save(tmp_path / "m.png")
+    write_inputs(tmp_path, (64, 64))
     out = tmp_path / "o"
     argv = args_for(tmp_path, tiny_diffusers_dir, out, "--dtype", "auto")
     assert main(argv) == 0

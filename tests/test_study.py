@@ -17,19 +17,14 @@ from safetensors.torch import load_file
 import specref
 from specref.cli import main
 from specref.study import parse_flag, parse_vary, split_values
+from tiny import write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("study")
-    rng = np.random.default_rng(2)
-    Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(d / "s.png")
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "r.png")
-    m = np.zeros((64, 64), np.uint8)
-    m[16:48, 16:48] = 255
-    Image.fromarray(m).save(d / "m.png")
+    d = write_inputs(tmp_path_factory.mktemp("study"), (96, 128), seed=2)
     sm = np.zeros((96, 128), np.uint8)
     sm[30:70, 40:90] = 255
     Image.fromarray(sm).save(d / "sm.png")

@@ -84,6 +84,22 @@ def make_tiny_diffusers(folder: Path, seed: int = 0, safe: bool = True) -> Path:
     return folder
 
 
+def write_inputs(folder: Path, source_hw: tuple[int, int] = (90, 120), seed: int = 1) -> Path:
+    """Random edit inputs for CLI tests: s.png (source), r.png (64² reference), m.png (its centred square mask)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (*source_hw, 3), dtype=np.uint8)).save(folder / "s.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / "r.png")
+    m = np.zeros((64, 64), np.uint8)
+    m[16:48, 16:48] = 255
+    Image.fromarray(m).save(folder / "m.png")
+    return folder
+
+
 def to_ldm_state(folder: Path, ema: bool = False) -> dict[str, torch.Tensor]:
     """The tiny diffusers folder as an original-LDM single-file state dict (for single-file loader tests).
 
