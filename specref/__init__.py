@@ -1,5 +1,6 @@
 """SpecRef: reference-conditioned real-image editing on SD v1 (see SPEC.md)."""
 from .config import PRESETS, EditConfig, Preset
 from .pipeline import EditResult, edit
+from .references import Reference
 
-__all__ = ["edit", "EditConfig", "EditResult", "Preset", "PRESETS"]
+__all__ = ["edit", "EditConfig", "EditResult", "Preset", "PRESETS", "Reference"]
