@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from .config import PRESETS, EditConfig
 from .images import load_image, mask_to_pil, psnr, to_pil, to_tensor, working_size
 from .pipeline import DTYPES, EditResult, edit
+from .references import AUTO, Reference
 
 
 def _words(text: str | None) -> tuple[str, ...]:
@@ -68,6 +69,10 @@ EDIT_FLAGS: dict[str, tuple[str, object, str, str]] = {
     "--target-prompt": ("target_prompt", str, PROMPTS, "the source prompt with the edit's words changed (SPEC §1)"),
     "--reference-prompt": ("reference_prompt", str, PROMPTS,
                            "prompt the reference is inverted with (SPEC §3; the presets use the empty prompt)"),
+    "--reference-words": ("reference_words", _words, PROMPTS,
+                          "words of --reference-prompt whose cross-attention during the inversion is an 'auto' "
+                          "mask_s (issue 19; needs a non-empty --reference-prompt, which changes the reference's "
+                          "inverted K/V)"),
     "--target-words": ("target_words", _words, SR,
                        "comma-separated target-prompt words whose cross-attention is the edit region mask_t (§4.4)"),
     "--mode": ("mode", str, P2P, "replace: same word count, words swapped; refine: any prompts, tokens aligned "
@@ -90,6 +95,8 @@ EDIT_FLAGS: dict[str, tuple[str, object, str, str]] = {
                      "mask_t read, e.g. '4,5,7,8,9' (SPEC §4.3) or '13-16'"),
     "--thres": ("thres", float, SR, "threshold of the resized mask_s and of the min-max normalised mask_t: "
                 "lower grows the edit region (SPEC §4.4)"),
+    "--reference-thres": ("reference_thres", float, SR, "threshold of the min-max normalised map of an 'auto' "
+                          "mask_s, resized like mask_t (SPEC §4.4): lower grows it"),
     "--sr-steps": ("sr_steps", _range, SR, "editing steps 'start-end' (end excluded) with SR-attn (SPEC §4.4)"),
     "--sr-layers": ("sr_layers", _range, SR, "self-attention block indices 'start-end' (0-16, end excluded) "
                     "with SR-attn (SPEC §2, §4.4)"),
@@ -107,6 +114,20 @@ EDIT_FLAGS: dict[str, tuple[str, object, str, str]] = {
 
 METAVARS = {str: "TEXT", _words: "WORDS", float: "F", int: "N", _range: "A-B", _pair: "SRC;TGT", _ints: "BLOCKS",
             _floats: "T0,T1", _reweight: "WORD=F"}
+
+
+class _BindFor(argparse.Action):
+    """`--for WORDS` binds the --reference before it to target words: {reference index: words}."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        refs = getattr(namespace, "reference", None) or []
+        if not refs:
+            parser.error("--for WORDS binds the --reference before it: give --reference first")
+        binds = dict(getattr(namespace, self.dest, None) or {})
+        if len(refs) - 1 in binds:
+            parser.error(f"--for given twice after --reference {refs[-1]}")
+        binds[len(refs) - 1] = _words(values)
+        setattr(namespace, self.dest, binds)
 
 
 def _default(field: str) -> str:
@@ -143,10 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {name: e.add_argument_group(name) for name in (PROMPTS, P2P, BLEND, SR, SAMPLING)}
     gi = groups[PROMPTS]
     gi.add_argument("--source", required=True, help="source image to edit")
-    gi.add_argument("--reference", help="reference image: the object the edit region becomes (or an RGBA / "
-                    "on-black cutout)")
-    gi.add_argument("--reference-mask", help="mask of the object on the reference, white = object: mask_s "
-                    "(SPEC §4.4) [the reference's non-black / alpha > 0 pixels]")
+    gi.add_argument("--reference", action="append", help="reference image: the object the edit region becomes "
+                    "(or an RGBA / on-black cutout); repeat for several views of the object, all attended together, "
+                    "each resized to the source's working size (SPEC §3-§4.4)")
+    gi.add_argument("--reference-mask", action="append", help="mask of the object on the reference, white = object, "
+                    "or 'auto' (from --reference-words): mask_s (SPEC §4.4); one per --reference, in order "
+                    "[the reference's non-black / alpha > 0 pixels]")
+    gi.add_argument("--for", action=_BindFor, dest="reference_for", metavar="WORDS", default=None,
+                    help="target words whose own region takes the --reference before it (one reference per target "
+                    "word; each word gets its own mask_t, SPEC §4.4) [all references on --target-words]")
     gi.add_argument("--preset", choices=sorted(PRESETS), help="settings of a SPEC §6 row (python -m specref "
                     "--preset-list)")
     gi.add_argument("--no-reference", action="store_true", help="the P2P baseline of the paper's comparison: "
@@ -196,35 +222,70 @@ def edit_config(args: argparse.Namespace) -> EditConfig:
     return EditConfig(**given)
 
 
+def _one(values: list | None):
+    """A list of one as its element (run.json of one reference is as before), else the list (or None)."""
+    return values[0] if values and len(values) == 1 else (values or None)
+
+
 def _sha256(path: str | Path | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else None
 
 
-def summary_image(source: Image.Image, reference: Image.Image | None, mask_s, mask_t, result: EditResult) -> Image.Image:
-    """source | reference with its mask | mask_t over the source | edit, side by side."""
+COLOURS = [(255, 0, 0), (0, 96, 255), (0, 200, 0), (255, 160, 0), (200, 0, 255), (0, 200, 200)]
+
+
+def summary_image(source: Image.Image, reference, mask_s, mask_t, result: EditResult,
+                  reference_words: list[tuple[str, ...]] | None = None) -> Image.Image:
+    """source | each reference with its mask | mask_t over the source (each word's region in its own colour) | edit.
+
+    `reference` / `mask_s`: one image / mask, or lists of them (several references); `reference_words`: --for."""
     h = 256
     tile = lambda im: im.convert("RGB").resize((max(1, round(im.width * h / im.height)), h))  # noqa: E731
-    tiles = [tile(source)]
-    if reference is not None:
-        ref = tile(reference)
-        if mask_s is not None:
-            ref = Image.blend(ref, Image.composite(ref, Image.new("RGB", ref.size, (0, 0, 0)),
-                                                   mask_to_pil(mask_s, ref.size)), 0.6)
+    refs = reference if isinstance(reference, list) else ([] if reference is None else [reference])
+    masks = mask_s if isinstance(mask_s, list) else [mask_s] * len(refs)
+    tiles, labels = [tile(source)], ["source"]
+    for i, (r, m) in enumerate(zip(refs, masks)):
+        ref = tile(r)
+        if m is not None:
+            ref = Image.blend(ref, Image.composite(ref, Image.new("RGB", ref.size, (0, 0, 0)), mask_to_pil(m, ref.size)), 0.6)
         tiles.append(ref)
-    if mask_t is not None:
+        words = reference_words[i] if reference_words else ()
+        labels.append(("reference + mask_s" if len(refs) == 1 else f"reference {i + 1}") +
+                      (f" for {','.join(words)}" if words else ""))
+    regions = result.masks_t if len(result.masks_t) > 1 else ({"": mask_t} if mask_t is not None else {})
+    if regions:
         src = tile(source)
-        red = Image.new("RGB", src.size, (255, 0, 0))
-        tiles.append(Image.composite(Image.blend(src, red, 0.5), src, mask_to_pil(mask_t, src.size)))
+        out = src
+        for (words, m), colour in zip(regions.items(), COLOURS * 4):
+            tinted = Image.blend(src, Image.new("RGB", src.size, colour), 0.5)
+            out = Image.composite(tinted, out, mask_to_pil(m, src.size))
+        tiles.append(out)
+        labels.append("mask_t" if len(regions) == 1 else "mask_t: " + " / ".join(regions))
     tiles.append(tile(result.edit))
+    labels.append("edit")
     sheet = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), h + 18), "white")
     x, draw = 0, ImageDraw.Draw(sheet)
-    labels = ["source"] + (["reference + mask_s"] if reference is not None else []) + \
-             (["mask_t"] if mask_t is not None else []) + ["edit"]
     for t, label in zip(tiles, labels):
         sheet.paste(t, (x, 18))
         draw.text((x + 4, 3), label, fill="black")
         x += t.width + 4
     return sheet
+
+
+def references_from_args(args: argparse.Namespace) -> list[Reference]:
+    """--reference / --reference-mask / --for as References; count errors before any work."""
+    paths = args.reference or []
+    masks = args.reference_mask or []
+    binds = args.reference_for or {}
+    if masks and len(masks) != len(paths):
+        raise ValueError(f"{len(masks)} --reference-mask for {len(paths)} --reference: give one per reference, in "
+                         f"the same order (a file or 'auto'), or none")
+    refs = []
+    for i, path in enumerate(paths):
+        name = "reference" if len(paths) == 1 else f"reference {i + 1}"
+        mask = masks[i] if masks else None
+        refs.append(Reference(load_image(path, name), mask=AUTO if mask == AUTO else mask, words=binds.get(i, ())))
+    return refs
 
 
 def load(args: argparse.Namespace):
@@ -240,24 +301,28 @@ def run_edit(args: argparse.Namespace) -> Path:
     import weights
 
     cfg = edit_config(args)
-    reference = None if args.no_reference else args.reference
-    if reference is None and not args.no_reference:
+    if not args.reference and not args.no_reference:
         raise SystemExit("error: give --reference (or --no-reference for the P2P baseline)")
     src_img = load_image(args.source, "source")
-    ref_img = load_image(reference, "reference") if reference else None
+    refs = [] if args.no_reference else references_from_args(args)
     sd = load(args)
-    result = edit(sd, src_img, ref_img, cfg, reference_mask_file=args.reference_mask, progress=not args.quiet)
+    result = edit(sd, src_img, refs or None, cfg, progress=not args.quiet)
+    reference = [str(p) for p in args.reference] if refs else None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # renamed to `out` when complete
     try:
         result.edit.save(tmp / "edit.png")
         result.reconstruction.save(tmp / "reconstruction.png")
-        if result.mask_s is not None:
-            mask_to_pil(result.mask_s).save(tmp / "mask_s.png")
+        for i, m in enumerate(result.masks_s):  # mask_s.png; mask_s_1.png ... with several references
+            mask_to_pil(m).save(tmp / ("mask_s.png" if len(result.masks_s) == 1 else f"mask_s_{i + 1}.png"))
         if result.mask_t is not None:
             mask_to_pil(result.mask_t, result.working_size).save(tmp / "mask_t.png")
-        summary_image(src_img, ref_img, result.mask_s, result.mask_t, result).save(tmp / "summary.png")
+        if len(result.masks_t) > 1:  # one reference per target word: each word's region
+            for words, m in result.masks_t.items():
+                mask_to_pil(m, result.working_size).save(tmp / f"mask_t_{words.replace(',', '_')}.png")
+        summary_image(src_img, [r.image for r in refs] or None, result.masks_s or None, result.mask_t,
+                      result, [r.words for r in refs]).save(tmp / "summary.png")
         if args.save_tensors:
             from safetensors.torch import save_file
 
@@ -268,9 +333,11 @@ def run_edit(args: argparse.Namespace) -> Path:
         run = {
             "settings": vars(result.config), "preset": args.preset, "model": args.model or str(weights.DEFAULT_MODEL),
             "dtype": args.dtype, "device": str(args.device),
-            "inputs": {"source": str(args.source), "reference": reference, "reference_mask": args.reference_mask},
-            "sha256": {"source": _sha256(args.source), "reference": _sha256(reference),
-                       "reference_mask": _sha256(args.reference_mask),
+            "inputs": {"source": str(args.source), "reference": _one(reference),
+                       "reference_mask": _one(args.reference_mask),
+                       "for": [list(r.words) for r in refs] if args.reference_for else None},
+            "sha256": {"source": _sha256(args.source), "reference": _one([_sha256(p) for p in reference or []]),
+                       "reference_mask": _one([_sha256(m) for m in args.reference_mask or []]),
                        "model": _sha256(args.model) if args.model and Path(args.model).is_file() else None},
             "working_size": list(result.working_size), "timings_s": result.timings,
             "reference_feature_bytes": result.feature_bytes,
