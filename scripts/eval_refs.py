@@ -76,21 +76,23 @@ def busy_reference(size: int, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
 
 
 def background_fraction(img: Image.Image, where: np.ndarray) -> float:
-    """Fraction of the pixels where `where` is True whose nearest named colour is the busy background's."""
-    pix = eval_toy.arr(img)[where]
-    names = [eval_toy.nearest(p, COLOURS) for p in pix]
-    return float(np.mean([n in ("green", "blue") for n in names]))
+    """Fraction of the pixels where `where` is True in the busy background's hues: green or blue well above red
+    (max(G, B) > R + 40). The reference's yellow and dark yellow, the gray background and the red source are not."""
+    pix = eval_toy.arr(img)[where].astype(np.float64)
+    return float((np.maximum(pix[:, 1], pix[:, 2]) > pix[:, 0] + 40).mean())
 
 
 def busy(sd, steps: int) -> dict:
     """No mask (all ones) vs auto vs the drawn mask, with the busy-background reference."""
     img, drawn = busy_reference(sd.native_size)
+    img.save(ROOT / "out" / "eval_refs_busy_reference.png")
     inside, _ = eval_toy.source_regions(sd.native_size)
     cfg = eval_toy.example_config(steps, reference_prompt="a yellow checkered star", reference_words=("star",))
     out = {}
     for name, mask in (("all_ones", np.ones_like(drawn)), ("auto", specref.references.AUTO), ("drawn", drawn)):
         res, _, _ = auto_edit(sd, cfg if name == "auto" else cfg.replace(reference_prompt=""), img, mask=mask)
         m = eval_toy.edit_metrics(res)
+        res.edit.save(ROOT / "out" / f"eval_refs_busy_{name}.png")
         out[name] = {"background_colour_inside": background_fraction(res.edit, inside), "colour": m["colour_edit"],
                      "texture": eval_toy.texture_kind(m), "background_psnr": m["background_psnr"],
                      "mask_iou": iou(res.mask_s, drawn)}

@@ -247,7 +247,8 @@ def summary_image(source: Image.Image, reference, mask_s, mask_t, result: EditRe
     for i, (r, m) in enumerate(zip(refs, masks)):
         ref = tile(r)
         if m is not None:
-            ref = Image.blend(ref, Image.composite(ref, Image.new("RGB", ref.size, (0, 0, 0)), mask_to_pil(m, ref.size)), 0.6)
+            ref = Image.blend(ref, Image.composite(ref, Image.new("RGB", ref.size, (0, 0, 0)),
+                                                   mask_to_pil(m, ref.size)), 0.6)
         tiles.append(ref)
         words = reference_words[i] if reference_words else ()
         labels.append(("reference + mask_s" if len(refs) == 1 else f"reference {i + 1}") +

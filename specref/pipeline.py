@@ -225,7 +225,8 @@ def prepare(sd: StableDiffusion, source: str | Path | Image.Image,
         # every reference at the source's working size (resized like the one reference of SPEC §3): one batch
         images.append(to_tensor(ref_img, size, sd.precise_dtype))
     if cfg.use_reference and cfg.masks in ("both", "t"):
-        find = lambda words: sorted({i for w in words for i in word_token_indices(sd.tokenizer, cfg.target_prompt, w)})  # noqa: E731
+        find = lambda words: sorted({i for w in words  # noqa: E731
+                                     for i in word_token_indices(sd.tokenizer, cfg.target_prompt, w)})
         tokens = find(cfg.target_words)
         groups = [Group(g.words, g.refs, find(g.words)) for g in groups]
     return cfg, Prepared(src_img, torch.cat(images), size, masks[0] if masks else None, plan, tokens, refs, ref_imgs,
