@@ -204,8 +204,8 @@ def prepare(sd: StableDiffusion, source: str | Path | Image.Image,
         raise ValueError("one reference per target word needs each word's mask_t: use --masks both or t")
     names = ["reference"] if len(refs) == 1 else [f"reference {i + 1}" for i in range(len(refs))]
     mask_tokens = [_auto_tokens(sd, cfg, r, n) if r.auto else None for r, n in zip(refs, names)]
-    for r in refs:
-        if sd.tokenizer.encode(_reference_prompt(cfg, r)).truncated:
+    for r in refs:  # (cfg.reference_prompt is checked by validate)
+        if r.prompt is not None and sd.tokenizer.encode(r.prompt).truncated:
             warnings.warn(f"reference prompt is longer than {sd.tokenizer.max_length} tokens and is truncated")
     plan = p2p_plan(cfg, sd)
     src_img = load_image(source, "source")
