@@ -231,8 +231,8 @@ def test_auto_mask_s_on_the_example(auto_example):
 
 
 def test_auto_mask_keeps_a_busy_background_out(toy: StableDiffusion):
-    # A reference star on random green/blue blocks and no mask: with all-ones mask_s the edit region takes the
-    # background's colours; with `auto` less of them. Measured: BUSY_MEASURED.
+    # A reference star on random green/blue blocks and no mask: with all-ones mask_s the edit region takes some of
+    # the background's hues; with `auto` none. Measured (fraction of the eroded circle): all ones 0.0118, auto 0.
     import eval_refs
 
     img, _ = eval_refs.busy_reference(toy.native_size)
@@ -241,4 +241,4 @@ def test_auto_mask_keeps_a_busy_background_out(toy: StableDiffusion):
     auto, _, _ = eval_refs.auto_edit(toy, cfg, img)
     ones, _, _ = eval_refs.auto_edit(toy, cfg.replace(reference_prompt=""), img, mask=np.ones((128, 128), bool))
     a, o = (eval_refs.background_fraction(r.edit, inside) for r in (auto, ones))
-    assert a <= o - BUSY_MARGIN, (a, o)
+    assert a <= 0.002 and o >= 0.006, (a, o)
