@@ -241,9 +241,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_dtype: str | None = None,
-               inspect: bool = False) -> dict:
-    """(Fresh process) one edit with random WxH images (with --inspect's recording and pictures if asked), then one
-    timing of each model call it makes."""
+               inspect: bool = False, references: int = 1) -> dict:
+    """(Fresh process) one edit with random WxH images (`references` views of the reference object, issue 19; with
+    --inspect's recording and pictures if asked, issue 17), then one timing of each model call it makes."""
     base = peak_rss()
     sd = weights.load_model(folder, dtype=dtype)
     (w, h), rng = parse_size(size), np.random.default_rng(0)
@@ -251,9 +251,11 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_
     mask = np.zeros((h, w), np.uint8)
     mask[h * 5 // 16: h * 11 // 16, w * 5 // 16: w * 11 // 16] = 255  # a centred rectangle
     cfg = specref.PRESETS[PRESET].config(steps=steps, feature_dtype=feature_dtype, size=max(w, h))
+    refs = [ref] + [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(references - 1)]
     t0 = time.perf_counter()
-    result = specref.edit(sd, src, ref, cfg, reference_mask_file=Image.fromarray(mask, "L"), progress=False,
-                          inspect=inspect)
+    reference = ref if references == 1 else [specref.Reference(r, mask=Image.fromarray(mask, "L")) for r in refs]
+    result = specref.edit(sd, src, reference, cfg, reference_mask_file=Image.fromarray(mask, "L") if references == 1
+                          else None, progress=False, inspect=inspect)
     wall = time.perf_counter() - t0
     if inspect:  # the pictures (the predicted x0 is decoded here), as `edit --inspect` draws them
         with tempfile.TemporaryDirectory() as tmp:
@@ -268,6 +270,8 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_
         calls = {
             "unet_b2": once(lambda: sd.unet(lat(2), 500, ctx2)),
             "unet_b4": once(lambda: sd.unet(lat(4), 500, ctx4)),
+            **({"unet_inv": once(lambda: sd.unet(lat(1 + references), 500, sd.encode_prompts(["a"] * (1 + references))))}
+               if references > 1 else {}),
             "vae_encode_b2": once(lambda: sd.vae.encode(torch.randn(2, 3, wh, ww, dtype=dtype))),
             "vae_decode_b2": once(lambda: sd.vae.decode(lat(2))),
             "text_b2": once(lambda: sd.encode_prompts([cfg.source_prompt, cfg.reference_prompt])),
@@ -275,7 +279,7 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_
         }
     return {"wall": wall, "timings": result.timings, "feature_bytes": result.feature_bytes, "calls": calls,
             "sr_steps": list(result.config.sr_steps), "peak_delta": peak - base, "peak": peak,
-            "model_bytes": model_bytes(sd), "working_size": [ww, wh]}
+            "model_bytes": model_bytes(sd), "working_size": [ww, wh], "references": references}
 
 
 def run_child(mode: str, folder: Path, args: argparse.Namespace, dtype: str, *extra: str) -> dict:
@@ -305,7 +309,8 @@ def edit_estimate(r: dict, n: int) -> dict:
     """Extrapolate one --steps edit to 50 steps: invert/edit time, UNet calls and reference K/V scale linearly."""
     tm, c, scale = r["timings"], r["calls"], FULL_STEPS / n
     fixed_calls = c["vae_encode_b2"] + c["vae_decode_b2"] + c["text_b2"] + c["text_b4"]
-    per_step_calls = c["unet_b2"] + c["unet_b4"]  # one inversion call (batch 2) + one edit call (batch 4)
+    # one inversion call (batch 2, or 1 + K with K references) + one edit call (batch 4)
+    per_step_calls = c.get("unet_inv", c["unet_b2"]) + c["unet_b4"]
     loop = tm["invert"] + tm["edit"]
     sr_n = r["sr_steps"][1] - r["sr_steps"][0]
     sr_full = (lambda s: s[1] - s[0])(specref.PRESETS[PRESET].config(steps=FULL_STEPS).sr_steps)
@@ -332,7 +337,9 @@ def edit_table(r: dict, n: int, dtype: str) -> str:
             ["peak RSS (absolute)", gib(r["peak"]), gib(e["peak_full"])]]
     calls = ", ".join(f"{k} {v:.2f} s" for k, v in c.items())
     w, h = r["working_size"]
-    return (f"### Edit: {PRESET} preset, {w}x{h}, {dtype}, fresh process{cpu_title()}\n\n"
+    k = r.get("references", 1)
+    return (f"### Edit: {PRESET} preset, {w}x{h}, {dtype}" + (f", {k} references" if k > 1 else "")
+            + f", fresh process{cpu_title()}\n\n"
             + table(["metric", f"measured ({n} steps)", f"extrapolated to {FULL_STEPS} steps (estimate)"], rows)
             + f"\n\nOne call each (warm, no hooks): {calls}.\nModel calls = {n}x UNet b2 (inversion) + {n}x UNet b4 "
             "(edit) + VAE encode b2 + decode b2 + text b2 + b4. The extrapolation scales invert/edit time, the UNet "
@@ -382,7 +389,7 @@ def child_sweep(folder: Path, dtype: torch.dtype, steps: int, size: str, k: int 
         t0 = time.perf_counter()
         res = specref.edit(sd, tmp / "img0.png", tmp / f"img{k}.png", cfg.replace(self_replace_steps=v),
                            reference_mask_file=tmp / "mask.png", progress=False)
-        write_run(tmp / f"edit{n}", rt, res, srcs[0], srcs[k], str(tmp / f"img{k}.png"), 0)
+        write_run(tmp / f"edit{n}", rt, res, srcs[0], [specref.Reference(srcs[k])], 0)
         sep += time.perf_counter() - t0 + load
         loop_sep += res.timings["invert"] + res.timings["edit"]
     t0 = time.perf_counter()
@@ -399,7 +406,7 @@ def child_sweep(folder: Path, dtype: torch.dtype, steps: int, size: str, k: int 
         t1 = time.perf_counter()
         res = specref.edit(sd, tmp / f"img{i}.png", tmp / f"img{k}.png", cfg, reference_mask_file=tmp / "mask.png",
                            progress=False)
-        write_run(tmp / f"single{i}", rt, res, srcs[i], srcs[k], str(tmp / f"img{k}.png"), 0)
+        write_run(tmp / f"single{i}", rt, res, srcs[i], [specref.Reference(srcs[k])], 0)
         single += time.perf_counter() - t1
     t0 = time.perf_counter()
     specref.run_batch(sd, tmp / "jobs.jsonl", tmp / "batch", progress=False, runtime=rt)
@@ -443,6 +450,25 @@ def bench_sweep(folder: Path, args: argparse.Namespace) -> str:
             + table(["", f"measured ({args.steps} steps)", f"{FULL_STEPS} steps (estimate)"], rows))
 
 
+def bench_references(folder: Path, args: argparse.Namespace) -> str:
+    """Edits with K = 1..args.references reference views per dtype (issue 19): time and peak RSS side by side."""
+    n, parts, rows = args.steps, [], []
+    for name in args.dtypes:
+        for k in range(1, args.references + 1):
+            r = run_child("child-edit", folder, args, name, "--references", str(k))
+            e = edit_estimate(r, n)
+            parts.append(edit_table(r, n, name))
+            rows.append([name, k, f"{r['wall']:.1f} s", f"{e['wall_full']:.1f} s", gib(r["feature_bytes"]),
+                         gib(e["feat_full"]), gib(r["peak"]), gib(e["peak_full"])])
+    w, h = parse_size(args.size)
+    parts.append(f"### Edit by number of references: {PRESET} preset, {w}x{h}, measured at {n} steps{cpu_title()}\n\n"
+                 + table(["dtype", "references K", f"wall ({n} steps)", f"wall ({FULL_STEPS} steps, estimate)",
+                          f"reference K/V ({n} steps)", f"reference K/V ({FULL_STEPS} steps)",
+                          f"peak RSS ({n} steps)", f"peak RSS ({FULL_STEPS} steps, estimate)"], rows)
+                 + "\n\nK references are inverted in one batch with the source (1 + K); the kept K/V grow linearly.")
+    return "\n\n".join(parts)
+
+
 def main() -> None:
     """Parse arguments and print the chosen benchmarks' tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -460,6 +486,8 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=None, help="load/edit/inspect/sweep on this diffusers folder instead of "
                    "random SD1.5-size weights (e.g. assets/toy-sd with --size 128: the demo size)")
     p.add_argument("--inspect", action="store_true", help=argparse.SUPPRESS)  # child-edit: with --inspect
+    p.add_argument("--references", type=int, default=None, help="edit: compare K = 1..REFERENCES reference views "
+                   "side by side (issue 19)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # small widths: checks the code paths
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)  # child modes only
     args = p.parse_args()
@@ -473,7 +501,8 @@ def main() -> None:
         dtype = to_dtype(args.dtypes[0])
         result = (child_load(args.folder, dtype) if args.what == "child-load"
                   else child_sweep(args.folder, dtype, args.steps, args.size) if args.what == "child-sweep"
-                  else child_edit(args.folder, dtype, args.steps, args.size, args.feature_dtype, args.inspect))
+                  else child_edit(args.folder, dtype, args.steps, args.size, args.feature_dtype, args.inspect,
+                                  args.references or 1))
         print(json.dumps(result))
         return
     for name in args.dtypes:
@@ -499,7 +528,7 @@ def main() -> None:
             if args.what in ("load", "all"):
                 print(bench_load(folder, file_bytes, args) + "\n", flush=True)
             if args.what in ("edit", "all"):
-                print(bench_edit(folder, args) + "\n", flush=True)
+                print((bench_references if args.references else bench_edit)(folder, args) + "\n", flush=True)
             if args.what in ("inspect", "all"):
                 print(bench_inspect(folder, args) + "\n", flush=True)
             if args.what in ("sweep", "all"):

@@ -235,7 +235,7 @@ def inspection_metrics(res: specref.EditResult, word: str = "circle") -> dict[st
     out = {"word_mass_inside": mass_inside(tile - tile.min(), src_obj), "source_object_area": float(src_obj.mean()),
            "reference_object_area": float(ref_obj.mean())}
     for (h, w), (change, mass) in rec.sr_maps().items():
-        out[f"reference_mass_on_object_{h}x{w}"] = mass_inside(mass, ref_obj)
+        out[f"reference_mass_on_object_{h}x{w}"] = mass_inside(mass[0], ref_obj)
         out[f"change_inside_{h}x{w}"] = mass_inside(change, src_obj)
     return out
 

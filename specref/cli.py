@@ -20,6 +20,7 @@ from .images import load_image, mask_to_pil, psnr, to_pil, to_tensor, working_si
 from .inspect import write_inspection
 from .metrics import MARGIN, PeakMemory, background_metrics, edit_region
 from .pipeline import DTYPES, EditResult, edit, x0_steps
+from .references import AUTO, Reference
 from .trace import Recorder, save_trace
 from weights import precision
 
@@ -72,6 +73,10 @@ EDIT_FLAGS: dict[str, tuple[str, object, str, str]] = {
     "--target-prompt": ("target_prompt", str, PROMPTS, "the source prompt with the edit's words changed (SPEC §1)"),
     "--reference-prompt": ("reference_prompt", str, PROMPTS,
                            "prompt the reference is inverted with (SPEC §3; the presets use the empty prompt)"),
+    "--reference-words": ("reference_words", _words, PROMPTS,
+                          "words of --reference-prompt whose cross-attention during the inversion is an 'auto' "
+                          "mask_s (issue 19; needs a non-empty --reference-prompt, which changes the reference's "
+                          "inverted K/V)"),
     "--target-words": ("target_words", _words, SR,
                        "comma-separated target-prompt words whose cross-attention is the edit region mask_t (§4.4)"),
     "--mode": ("mode", str, P2P, "replace: same word count, words swapped; refine: any prompts, tokens aligned "
@@ -94,6 +99,8 @@ EDIT_FLAGS: dict[str, tuple[str, object, str, str]] = {
                      "mask_t read, e.g. '4,5,7,8,9' (SPEC §4.3) or '13-16'"),
     "--thres": ("thres", float, SR, "threshold of the resized mask_s and of the min-max normalised mask_t: "
                 "lower grows the edit region (SPEC §4.4)"),
+    "--reference-thres": ("reference_thres", float, SR, "threshold of the min-max normalised map of an 'auto' "
+                          "mask_s, resized like mask_t (SPEC §4.4): lower grows it"),
     "--sr-steps": ("sr_steps", _range, SR, "editing steps 'start-end' (end excluded) with SR-attn (SPEC §4.4)"),
     "--sr-layers": ("sr_layers", _range, SR, "self-attention block indices 'start-end' (0-16, end excluded) "
                     "with SR-attn (SPEC §2, §4.4)"),
@@ -113,6 +120,20 @@ CHOICES = {"mode": ("replace", "refine"), "masks": ("both", "s", "t", "none"), "
            "feature_dtype": tuple(DTYPES)}
 METAVARS = {str: "TEXT", _words: "WORDS", float: "F", int: "N", _range: "A-B", _pair: "SRC;TGT", _ints: "BLOCKS",
             _floats: "T0,T1", _reweight: "WORD=F"}
+
+
+class _BindFor(argparse.Action):
+    """`--for WORDS` binds the --reference before it to target words: {reference index: words}."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        refs = getattr(namespace, "reference", None) or []
+        if not refs:
+            parser.error("--for WORDS binds the --reference before it: give --reference first")
+        binds = dict(getattr(namespace, self.dest, None) or {})
+        if len(refs) - 1 in binds:
+            parser.error(f"--for given twice after --reference {refs[-1]}")
+        binds[len(refs) - 1] = _words(values)
+        setattr(namespace, self.dest, binds)
 
 
 def _default(field: str) -> str:
@@ -147,10 +168,15 @@ def add_edit_args(e: argparse.ArgumentParser, out: str = "out", out_help: str = 
     groups = {name: e.add_argument_group(name) for name in (PROMPTS, P2P, BLEND, SR, SAMPLING)}
     gi = groups[PROMPTS]
     gi.add_argument("--source", required=True, help="source image to edit")
-    gi.add_argument("--reference", help="reference image: the object the edit region becomes (or an RGBA / "
-                    "on-black cutout)")
-    gi.add_argument("--reference-mask", help="mask of the object on the reference, white = object: mask_s "
-                    "(SPEC §4.4) [the reference's non-black / alpha > 0 pixels]")
+    gi.add_argument("--reference", action="append", help="reference image: the object the edit region becomes "
+                    "(or an RGBA / on-black cutout); repeat for several views of the object, all attended together, "
+                    "each resized to the source's working size (SPEC §3-§4.4)")
+    gi.add_argument("--reference-mask", action="append", help="mask of the object on the reference, white = object, "
+                    "or 'auto' (from --reference-words): mask_s (SPEC §4.4); one per --reference, in order "
+                    "[the reference's non-black / alpha > 0 pixels]")
+    gi.add_argument("--for", action=_BindFor, dest="reference_for", metavar="WORDS", default=None,
+                    help="target words whose own region takes the --reference before it (one reference per target "
+                    "word; each word gets its own mask_t, SPEC §4.4) [all references on --target-words]")
     gi.add_argument("--preset", choices=sorted(PRESETS), help="settings of a SPEC §6 row (python -m specref "
                     "--preset-list)")
     gi.add_argument("--source-mask", help="edit region on the source, white = region (e.g. a benchmark's): the "
@@ -237,36 +263,76 @@ def edit_config(args: argparse.Namespace) -> EditConfig:
     return EditConfig(**given)
 
 
+def _list(value: object) -> list:
+    """A repeatable flag's value as a list (None: [], one path: [path])."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _one(values: list | None):
+    """A list of one as its element (run.json of one reference is as before), else the list (or None)."""
+    return values[0] if values and len(values) == 1 else (values or None)
+
+
 def _sha256(path: str | Path | None) -> str | None:
     ok = isinstance(path, (str, Path)) and path and Path(path).is_file()  # not for in-memory images
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if ok else None
 
 
-def summary_image(source: Image.Image, reference: Image.Image | None, mask_s, mask_t, result: EditResult) -> Image.Image:
-    """source | reference with its mask | mask_t over the source | edit, side by side."""
+COLOURS = [(255, 0, 0), (0, 96, 255), (0, 200, 0), (255, 160, 0), (200, 0, 255), (0, 200, 200)]
+
+
+def summary_image(source: Image.Image, reference, mask_s, mask_t, result: EditResult,
+                  reference_words: list[tuple[str, ...]] | None = None) -> Image.Image:
+    """source | each reference with its mask | mask_t over the source (each word's region in its own colour) | edit.
+
+    `reference` / `mask_s`: one image / mask, or lists of them (several references); `reference_words`: --for."""
     h = 256
     tile = lambda im: im.convert("RGB").resize((max(1, round(im.width * h / im.height)), h))  # noqa: E731
-    tiles = [tile(source)]
-    if reference is not None:
-        ref = tile(reference)
-        if mask_s is not None:
+    refs = reference if isinstance(reference, list) else ([] if reference is None else [reference])
+    masks = mask_s if isinstance(mask_s, list) else [mask_s] * len(refs)
+    tiles, labels = [tile(source)], ["source"]
+    for i, (r, m) in enumerate(zip(refs, masks)):
+        ref = tile(r)
+        if m is not None:
             ref = Image.blend(ref, Image.composite(ref, Image.new("RGB", ref.size, (0, 0, 0)),
-                                                   mask_to_pil(mask_s, ref.size)), 0.6)
+                                                   mask_to_pil(m, ref.size)), 0.6)
         tiles.append(ref)
-    if mask_t is not None:
+        words = reference_words[i] if reference_words else ()
+        labels.append(("reference + mask_s" if len(refs) == 1 else f"reference {i + 1}") +
+                      (f" for {','.join(words)}" if words else ""))
+    regions = result.masks_t if len(result.masks_t) > 1 else ({"": mask_t} if mask_t is not None else {})
+    if regions:
         src = tile(source)
-        red = Image.new("RGB", src.size, (255, 0, 0))
-        tiles.append(Image.composite(Image.blend(src, red, 0.5), src, mask_to_pil(mask_t, src.size)))
+        out = src
+        for (words, m), colour in zip(regions.items(), COLOURS * 4):
+            tinted = Image.blend(src, Image.new("RGB", src.size, colour), 0.5)
+            out = Image.composite(tinted, out, mask_to_pil(m, src.size))
+        tiles.append(out)
+        labels.append("mask_t" if len(regions) == 1 else "mask_t: " + " / ".join(regions))
     tiles.append(tile(result.edit))
+    labels.append("edit")
     sheet = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), h + 18), "white")
     x, draw = 0, ImageDraw.Draw(sheet)
-    labels = ["source"] + (["reference + mask_s"] if reference is not None else []) + \
-             (["mask_t"] if mask_t is not None else []) + ["edit"]
     for t, label in zip(tiles, labels):
         sheet.paste(t, (x, 18))
         draw.text((x + 4, 3), label, fill="black")
         x += t.width + 4
     return sheet
+
+
+def references_from_args(args: argparse.Namespace) -> list[Reference]:
+    """--reference / --reference-mask / --for as References; count errors before any work."""
+    paths, masks = _list(args.reference), _list(args.reference_mask)  # a batch job may give one as a string
+    binds = getattr(args, "reference_for", None) or {}
+    if masks and len(masks) != len(paths):
+        raise ValueError(f"{len(masks)} --reference-mask for {len(paths)} --reference: give one per reference, in "
+                         f"the same order (a file or 'auto'), or none")
+    refs = []
+    for i, path in enumerate(paths):
+        name = "reference" if len(paths) == 1 else f"reference {i + 1}"
+        mask = masks[i] if masks else None
+        refs.append(Reference(load_image(path, name), mask=AUTO if mask == AUTO else mask, words=binds.get(i, ())))
+    return refs
 
 
 def load(args: argparse.Namespace):
@@ -279,13 +345,12 @@ def load(args: argparse.Namespace):
     return weights.load_model(args.model, dtype=dtype, device=args.device)
 
 
-def edit_inputs(args: argparse.Namespace) -> tuple[EditConfig, object]:
-    """The settings and the reference (None for --no-reference) of edit flags; edit, sweep and batch share it."""
+def edit_inputs(args: argparse.Namespace) -> tuple[EditConfig, list[Reference] | None]:
+    """The settings and the references (None for --no-reference) of edit flags; edit, sweep and batch share it."""
     cfg = edit_config(args)
-    reference = None if args.no_reference else args.reference
-    if reference is None and not args.no_reference:
+    if not args.reference and not args.no_reference:
         raise SystemExit("error: give --reference (or --no-reference for the P2P baseline)")
-    return cfg, reference
+    return cfg, None if args.no_reference else references_from_args(args)
 
 
 def run_edit(args: argparse.Namespace) -> Path:
@@ -293,9 +358,8 @@ def run_edit(args: argparse.Namespace) -> Path:
     import sampling
     import weights
 
-    cfg, reference = edit_inputs(args)
+    cfg, refs = edit_inputs(args)
     src_img = load_image(args.source, "source")
-    ref_img = load_image(reference, "reference") if reference else None
     sd = load(args)
     rec = None
     if args.inspect or args.trace:  # the Recorder only reads: the edit is the same without it
@@ -303,26 +367,27 @@ def run_edit(args: argparse.Namespace) -> Path:
         rec = Recorder(sampling.DDIM(n, config=sd.scheduler_config), cfg.guidance, sr=bool(args.inspect),
                        x0_steps=x0_steps(n) if args.inspect else ())
     with PeakMemory(args.device) as peak:
-        result = edit(sd, src_img, ref_img, cfg, reference_mask_file=args.reference_mask, progress=not args.quiet,
-                      observer=rec)
-    out = write_run(Path(args.out), args, result, src_img, ref_img, reference, peak.peak)
+        result = edit(sd, src_img, refs or None, cfg, progress=not args.quiet, observer=rec)
+    out = write_run(Path(args.out), args, result, src_img, refs or [], peak.peak)
     if args.trace:
         meta = {"settings": vars(result.config), "timesteps": rec.ddim.timesteps.tolist(), "dtype": args.dtype,
                 "model": args.model or str(weights.DEFAULT_MODEL)}
         print(f"wrote {save_trace(args.trace, rec.trace(result.latents['source_inverted']), meta)}")
     if args.inspect:
-        paths = write_inspection(args.inspect, sd, rec, cfg.source_prompt, cfg.target_prompt, src_img,
-                                 ref_img if result.config.use_reference else None)
+        images = [load_image(r.image, "reference") for r in refs or []] if result.config.use_reference else []
+        paths = write_inspection(args.inspect, sd, rec, cfg.source_prompt, cfg.target_prompt, src_img, images)
         print(f"wrote {len(paths)} pictures to {args.inspect}")
     return out
 
 
 def write_run(out: Path, args: argparse.Namespace, result: EditResult, src_img: Image.Image,
-              ref_img: Image.Image | None, reference: object, peak_bytes: int, extra: dict | None = None) -> Path:
+              references: list[Reference], peak_bytes: int, extra: dict | None = None) -> Path:
     """An edit's output folder (images, masks, metrics, run.json), written to a temporary folder and renamed into
     place; `edit`, each sweep run and each batch job write exactly this."""
     import weights
 
+    refs = references if result.config.use_reference else []
+    reference = [str(p) for p in _list(getattr(args, "reference", None))] if refs else None
     region, region_kind = edit_region(src_img.size, result.working_size, result.blend_mask,
                                       getattr(args, "source_mask", None), getattr(args, "metrics_margin", MARGIN))
     metrics = {**background_metrics(src_img, result.edit, region), "region": region_kind,
@@ -332,11 +397,15 @@ def write_run(out: Path, args: argparse.Namespace, result: EditResult, src_img: 
     try:
         result.edit.save(tmp / "edit.png")
         result.reconstruction.save(tmp / "reconstruction.png")
-        if result.mask_s is not None:
-            mask_to_pil(result.mask_s).save(tmp / "mask_s.png")
+        for i, m in enumerate(result.masks_s):  # mask_s.png; mask_s_1.png ... with several references
+            mask_to_pil(m).save(tmp / ("mask_s.png" if len(result.masks_s) == 1 else f"mask_s_{i + 1}.png"))
         if result.mask_t is not None:
             mask_to_pil(result.mask_t, result.working_size).save(tmp / "mask_t.png")
-        summary_image(src_img, ref_img, result.mask_s, result.mask_t, result).save(tmp / "summary.png")
+        if len(result.masks_t) > 1:  # one reference per target word: each word's region
+            for words, m in result.masks_t.items():
+                mask_to_pil(m, result.working_size).save(tmp / f"mask_t_{words.replace(',', '_')}.png")
+        summary_image(src_img, [load_image(r.image, "reference") for r in refs] or None, result.masks_s or None,
+                      result.mask_t, result, [r.words for r in refs]).save(tmp / "summary.png")
         if region is not None:
             mask_to_pil(region).save(tmp / "region.png")  # what the metrics leave out
         if args.save_tensors:
@@ -349,10 +418,12 @@ def write_run(out: Path, args: argparse.Namespace, result: EditResult, src_img: 
         run = {
             "settings": vars(result.config), "preset": args.preset, "model": args.model or str(weights.DEFAULT_MODEL),
             "dtype": args.dtype, "dtype_reason": getattr(args, "dtype_reason", None), "device": str(args.device),
-            "inputs": {"source": str(args.source), "reference": reference, "reference_mask": args.reference_mask,
+            "inputs": {"source": str(args.source), "reference": _one(reference),
+                       "reference_mask": _one(_list(getattr(args, "reference_mask", None))),
+                       "for": [list(r.words) for r in refs] if getattr(args, "reference_for", None) else None,
                        "source_mask": getattr(args, "source_mask", None)},
-            "sha256": {"source": _sha256(args.source), "reference": _sha256(reference),
-                       "reference_mask": _sha256(args.reference_mask),
+            "sha256": {"source": _sha256(args.source), "reference": _one([_sha256(p) for p in reference or []]),
+                       "reference_mask": _one([_sha256(m) for m in _list(getattr(args, "reference_mask", None))]),
                        "model": _sha256(args.model) if args.model and Path(args.model).is_file() else None},
             "working_size": list(result.working_size), "timings_s": result.timings,
             "reference_feature_bytes": result.feature_bytes, "metrics": metrics, **(extra or {}),

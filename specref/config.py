@@ -34,6 +34,8 @@ class EditConfig:
     interp: Literal["nearest", "bilinear"] = "bilinear"
     use_reference: bool = True                          # False: the P2P baseline (no SR-attn)
     reference_prompt: str = ""
+    reference_words: tuple[str, ...] = ()              # reference-prompt words an auto mask_s reads (issue 19)
+    reference_thres: float = 0.5                        # threshold of the normalised auto mask_s map
     steps: int = 50
     guidance: float = 7.5
     inversion_guidance: float = 1.0

@@ -5,6 +5,7 @@ target (index 3), reading the conditional source (index 2).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,17 +18,25 @@ from .blend import apply_blend, local_blend_mask
 from .config import BLEND_BLOCKS
 from .masks import EmptyMaskError, mask_t_map, resize_mask
 from .p2p import edit_cross
-from .srattn import blend_by_mask_t, reference_mass, sr_parts
+from .references import Group, word_masks
+from .srattn import blend_by_mask_t, reference_attention, reference_mass
 
 SRC, TGT = 2, 3  # conditional source / target in the edit batch (TGT is the last element)
 
 
 class ReferenceFeatures(AttentionHook):
-    """Stage 1 (SPEC §3): K, V of the reference element, only in the SR layers at the steps SR-attn will use."""
+    """Stage 1 (SPEC §3): K, V of the reference elements, only in the SR layers at the steps SR-attn will use.
 
-    def __init__(self, num_steps: int, blocks: range | set[int], steps: range | set[int], index: int = 1,
-                 dtype: torch.dtype | None = None):
+    `index`: the batch index of the reference, or the indices of K references (kept as [K, N, C], so the
+    memory grows linearly with K).
+    """
+
+    def __init__(self, num_steps: int, blocks: range | set[int], steps: range | set[int],
+                 index: int | Sequence[int] = 1, dtype: torch.dtype | None = None):
         self.num_steps, self.blocks, self.steps, self.index, self.dtype = num_steps, blocks, steps, index, dtype
+        ix = [index] if isinstance(index, int) else list(index)
+        # contiguous indices (the editor's [src, ref_1..ref_K]) are a slice: one copy, no gather
+        self._take = slice(ix[0], ix[-1] + 1) if ix == list(range(ix[0], ix[-1] + 1)) else ix
         self.kv: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
 
     def on_qkv(self, site: AttnSite, step: int | None, q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -35,8 +44,8 @@ class ReferenceFeatures(AttentionHook):
             return
         edit_step = self.num_steps - 1 - step  # editing step i uses inversion step N-1-i: the same timestep
         if edit_step in self.steps:
-            i, dt = self.index, self.dtype or k.dtype
-            self.kv[(site.block, edit_step)] = (k[i : i + 1].to(dt, copy=True), v[i : i + 1].to(dt, copy=True))
+            i, dt = self._take, self.dtype or k.dtype
+            self.kv[(site.block, edit_step)] = (k[i].to(dt, copy=True), v[i].to(dt, copy=True))
 
     def nbytes(self) -> int:
         """Memory held by the kept features."""
@@ -104,10 +113,16 @@ class SRPlan:
     features: ReferenceFeatures
     blocks: range
     steps: range
-    mask_s: Tensor | None         # [H, W] float 0/1 at the working image size, None = all ones
+    mask_s: Tensor | None         # [H, W] (or [K, H, W]: K references) float 0/1 at the working size, None = all ones
     target_tokens: list[int] | None  # token positions of the target words for mask_t, None = mask_t all ones
     thres: float = 0.5
     interp: str = "bilinear"
+    groups: list[Group] | None = None  # per target-word references; None: one group of all, on target_tokens
+
+    def __post_init__(self) -> None:
+        if self.groups is None:
+            k = 1 if self.mask_s is None or self.mask_s.ndim == 2 else self.mask_s.shape[0]
+            self.groups = [Group((), tuple(range(k)), self.target_tokens)]
 
 
 class EditController(AttentionHook):
@@ -120,8 +135,9 @@ class EditController(AttentionHook):
         self.map_sum: Tensor | None = None  # [2, h, w, 77]: cond src/tgt maps, heads averaged, summed over layers+steps
         self._mask_s: dict[tuple[int, int], Tensor] = {}
         self._mask_t: dict[tuple[int, int, int], Tensor] = {}
-        self._map_t: tuple[int, Tensor] | None = None  # (step, normalised mask_t map) of the current SR step
-        self.last_mask_t: Tensor | None = None  # at the latent size, for outputs
+        self._maps_t: tuple[int, list[Tensor]] | None = None  # (step, each group's normalised mask_t map)
+        self.last_mask_t: Tensor | None = None  # at the latent size, for outputs (the union of the groups')
+        self.last_masks_t: list[Tensor] = []    # each word group's mask_t at the latent size
         self.last_blend: Tensor | None = None   # the Local Blend mask [h, w] of the last step that blended
 
     # ---- SR-attn (SPEC §4.4) -----------------------------------------------------------------
@@ -130,50 +146,66 @@ class EditController(AttentionHook):
         return sr is not None and site.kind == "self" and site.block in sr.blocks and step in sr.steps
 
     def mask_s(self, hw: tuple[int, int]) -> Tensor | None:
-        """mask_s at a layer's H×W (cached per size)."""
+        """mask_s of every reference at a layer's H×W, [K, H*W] (cached per size)."""
         if self.sr.mask_s is None:
             return None
         if hw not in self._mask_s:
+            masks = self.sr.mask_s.reshape(-1, *self.sr.mask_s.shape[-2:])
             try:
-                self._mask_s[hw] = resize_mask(self.sr.mask_s, hw, self.sr.interp, self.sr.thres).flatten()
+                self._mask_s[hw] = torch.stack([resize_mask(m, hw, self.sr.interp, self.sr.thres).flatten()
+                                                for m in masks])
             except EmptyMaskError as e:
                 raise EmptyMaskError(f"reference mask mask_s is empty at layer size {hw}: {e}") from None
         return self._mask_s[hw]
 
-    def mask_t(self, step: int, hw: tuple[int, int]) -> Tensor | None:
-        """mask_t at a layer's H×W from the mean of every blend-level target map so far (cached per step and size)."""
-        sr = self.sr
-        if sr.target_tokens is None:
-            return None
+    def mask_t(self, step: int, hw: tuple[int, int]) -> list[Tensor | None]:
+        """Each group's mask_t at a layer's H×W from the mean of every blend-level target map so far (cached per
+        step and size); one group: SPEC §4.4's mask_t."""
+        groups = self.sr.groups
+        if groups[0].tokens is None:
+            return [None] * len(groups)
         if (step, *hw) not in self._mask_t:
             if self.map_sum is None:
                 raise ValueError(f"mask_t at step {step}: no cross-attention map of the map blocks yet (in the first "
                                  f"SR step, SR layers must come after block {min(self.p2p.map_blocks)}, or start "
                                  f"SR-attn a step later)")
+            sr, tokens = self.sr, [g.tokens for g in groups]
             try:
-                if self._map_t is None or self._map_t[0] != step:  # the step's first SR layer: its map, once
-                    self._map_t = (step, mask_t_map(self.map_sum[1], sr.target_tokens))
+                if self._maps_t is None or self._maps_t[0] != step:  # the step's first SR layer: its maps, once
+                    self._maps_t = (step, [mask_t_map(self.map_sum[1], t) for t in tokens])
                     # the output's mask_t is at the latent size, even when no SR layer has that size
-                    self.last_mask_t = resize_mask(self._map_t[1], self.latent_hw, sr.interp, sr.thres)
+                    self.last_masks_t = word_masks(self._maps_t[1], self.latent_hw, sr.interp, sr.thres)
+                    self.last_mask_t = torch.stack(self.last_masks_t).any(0)
                     if self.observer is not None:
-                        self.observer.on_mask_t(step, self._map_t[1], self.last_mask_t)
-                m = resize_mask(self._map_t[1], hw, sr.interp, sr.thres)
+                        self.observer.on_mask_t(step, torch.stack(self._maps_t[1]).amax(0), self.last_mask_t)
+                ms = word_masks(self._maps_t[1], hw, sr.interp, sr.thres)
             except ValueError as e:
                 raise type(e)(f"mask_t at step {step}: {e}") from None
-            self._mask_t[(step, *hw)] = m.flatten()
+            self._mask_t[(step, *hw)] = [m.flatten() for m in ms]
         return self._mask_t[(step, *hw)]
+
+    @staticmethod
+    def group_keys(g: Group, k_ref: Tensor, v_ref: Tensor, mask_s: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """A group's references' keys, values and mask_s concatenated along the tokens: [1, K_g*Nr, C] (issue 19)."""
+        ix = list(g.refs)
+        kg, vg = (k_ref, v_ref) if ix == list(range(len(k_ref))) else (k_ref[ix], v_ref[ix])
+        return (kg.reshape(1, -1, kg.shape[-1]), vg.reshape(1, -1, vg.shape[-1]),
+                None if mask_s is None else mask_s[ix].flatten())
 
     def replace_output(self, site: AttnSite, step: int | None, q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
         if not self.sr_active(site, step):
             return None
         hw = (site.height, site.width)
-        k_ref, v_ref = self.sr.features.kv[(site.block, step)]
-        t = slice(TGT, TGT + 1)
-        mask_s, mask_t = self.mask_s(hw), self.mask_t(step, hw)
-        out_self, out_ref = sr_parts(q[t], k[t], v[t], k_ref, v_ref, site.heads, mask_s)
-        target = blend_by_mask_t(out_self, out_ref, mask_t)
-        if self.observer is not None and self.observer.wants_sr():
-            mass = reference_mass(q[t], k_ref, site.heads, mask_s, mask_t)
+        k_ref, v_ref = self.sr.features.kv[(site.block, step)]  # [K, Nr, C]
+        mask_s, masks_t, t = self.mask_s(hw), self.mask_t(step, hw), slice(TGT, TGT + 1)
+        out_self = attention(q[t], k[t], v[t], site.heads)      # plain self-attention
+        refs = [self.group_keys(g, k_ref, v_ref, mask_s) for g in self.sr.groups]
+        outs = [reference_attention(q[t], kg, vg, site.heads, ms) for kg, vg, ms in refs]
+        target = blend_by_mask_t(out_self, outs, masks_t)
+        if self.observer is not None and self.observer.wants_sr():  # inspection: what changed, drawn from where
+            mass = torch.zeros(k_ref.shape[:2], dtype=q.dtype, device=q.device)  # [K, Nr]
+            for g, (kg, _, ms), mt in zip(self.sr.groups, refs, masks_t):
+                mass[list(g.refs)] = reference_mass(q[t], kg, site.heads, ms, mt).reshape(len(g.refs), -1)
             self.observer.on_sr(site, step, (target - out_self)[0].abs().mean(-1), mass)
         others = attention(q[:TGT], k[:TGT], v[:TGT], site.heads)  # the rest: plain self-attention (TGT is last)
         return torch.cat([others, target])

@@ -121,15 +121,18 @@ def masks_picture(rec: Recorder, source: Image.Image, most: int = 10) -> Image.I
                          title="over the source; grey: not computed at that step")
 
 
-def sr_picture(rec: Recorder, source: Image.Image, reference: Image.Image | None, blocks: dict[tuple[int, int], list[int]]) -> Image.Image:
-    """Per SR layer size: |out - out_self| over the source, and the reference mass over the reference."""
+def sr_picture(rec: Recorder, source: Image.Image, references: list[Image.Image],
+               blocks: dict[tuple[int, int], list[int]]) -> Image.Image:
+    """Per SR layer size: |out - out_self| over the source, and the reference mass over each reference."""
     maps = rec.sr_maps()
-    if not maps or reference is None:
+    if not maps or not references:
         return labelled_grid([[source.convert("RGB").resize((TILE, TILE))]], [["no SR-attn in this edit"]])
     rows, labels, titles = [], [], []
+    many = len(references) > 1
     for hw, (change, mass) in maps.items():
-        rows.append([overlay(source, change), overlay(reference, mass)])
-        labels.append(["changed (target)", "drawn from (reference)"])
+        rows.append([overlay(source, change)] + [overlay(r, m) for r, m in zip(references, mass)])
+        labels.append(["changed (target)"] + [f"drawn from (reference{f' {i + 1}' if many else ''})"
+                                              for i in range(len(references))])
         titles.append(f"{hw[0]}x{hw[1]} blocks {','.join(map(str, blocks.get(hw, [])))}")
     return labelled_grid(rows, labels, titles, title="SR-attn, averaged over heads and SR steps")
 
@@ -144,8 +147,10 @@ def trajectory_picture(sd: StableDiffusion, rec: Recorder) -> Image.Image:
 
 
 def write_inspection(folder: str | Path, sd: StableDiffusion, rec: Recorder, source_prompt: str, target_prompt: str,
-                     source: Image.Image, reference: Image.Image | None) -> list[Path]:
-    """Write the four pictures of an inspected edit into `folder`; returns their paths."""
+                     source: Image.Image, references: Image.Image | list[Image.Image] | None) -> list[Path]:
+    """Write the four pictures of an inspected edit into `folder` (references: the edit's reference images, in
+    order; none for the P2P baseline); returns their paths."""
+    references = [references] if isinstance(references, Image.Image) else list(references or [])
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -161,7 +166,7 @@ def write_inspection(folder: str | Path, sd: StableDiffusion, rec: Recorder, sou
     for block, level in sorted(sd.unet.block_levels().items()):
         sizes.setdefault((-(-h // 2**level), -(-w // 2**level)), []).append(block)
     pictures = {"masks_over_steps.png": masks_picture(rec, source),
-                "sr_attention.png": sr_picture(rec, source, reference, sizes),
+                "sr_attention.png": sr_picture(rec, source, references, sizes),
                 "trajectory.png": trajectory_picture(sd, rec)}
     for name, pic in pictures.items():
         out.append(folder / name)

@@ -24,6 +24,7 @@ from .controller import EditController, EditObserver, P2PPlan, ReferenceFeatures
 from .images import load_image, to_pil, to_tensor, warn_if_small, working_size
 from .masks import read_mask
 from .p2p import cross_replace_alpha, refine_mapper, replace_mapper, reweight_equalizer, self_replace_range
+from .references import Group, Reference, StageOneHook, as_references, auto_mask_s, resolve_groups, stage1_extra
 from .trace import Recorder
 from .words import word_token_indices, word_vector
 
@@ -34,13 +35,16 @@ class EditResult:
 
     edit: Image.Image
     reconstruction: Image.Image
-    mask_s: np.ndarray | None       # [H, W] bool at the working size (None without a reference)
-    mask_t: Tensor | None           # [h, w] bool at the latent size: the last mask_t used (None without SR-attn)
+    mask_s: np.ndarray | None       # [H, W] bool at the working size (None without a reference): the first reference's
+    mask_t: Tensor | None           # [h, w] bool at the latent size: the last mask_t used (None without SR-attn);
+                                    # with one reference per target word, the union of the words' regions
     latents: dict[str, Tensor]      # source_inverted [N+1,4,h,w], reconstruction_latent, edit_latent [1,4,h,w]
     config: EditConfig
     working_size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
     feature_bytes: int = 0          # memory of the kept reference K/V
+    masks_s: list[np.ndarray] = field(default_factory=list)  # every reference's mask_s (auto ones as found)
+    masks_t: dict[str, Tensor] = field(default_factory=dict)  # each word group's last mask_t ("w1,w2" -> [h, w])
     blend_mask: Tensor | None = None  # [h, w] 0/1 at the latent size: the final Local Blend region (None: no blend)
     inspection: Recorder | None = None  # with edit(..., inspect=True): what stage 2 computed, step by step
 
@@ -77,6 +81,8 @@ def validate(cfg: EditConfig, sd: StableDiffusion) -> None:
                          f"map_blocks start at {min(cfg.map_blocks)}: start the SR steps at 1 or later")
     if not 0 < cfg.thres <= 1:
         raise ValueError(f"mask threshold thres must be in (0, 1], got {cfg.thres}")
+    if not 0 < cfg.reference_thres <= 1:
+        raise ValueError(f"auto mask threshold reference_thres must be in (0, 1], got {cfg.reference_thres}")
     if uses_mask_t and not cfg.target_words:
         raise ValueError("mask_t needs target words (--target-words), or use --masks s|none")
     if cfg.feature_dtype is not None and cfg.feature_dtype not in DTYPES:
@@ -134,6 +140,11 @@ class Prepared:
     mask_s: np.ndarray | None           # [H, W] bool at the working size
     plan: P2PPlan
     target_tokens: list[int] | None     # token positions of the target words, for mask_t (None: mask_t all ones)
+    references: list[Reference] = field(default_factory=list)    # [] without a reference
+    reference_images: list[Image.Image] = field(default_factory=list)
+    masks_s: list[np.ndarray | None] = field(default_factory=list)  # per reference at the working size; None: auto
+    mask_tokens: list[list[int] | None] = field(default_factory=list)  # reference-prompt tokens of an auto mask
+    groups: list[Group] = field(default_factory=list)            # target-word groups and their references
 
 
 @dataclass
@@ -148,35 +159,82 @@ class Inversion:
     features: ReferenceFeatures | None  # K/V of the reference for the SR layers x steps asked for
     ddim: sampling.DDIM
     seconds: float
+    reference_maps: Tensor | None = None  # [K, h, w, 77] map-block maps of the references, for auto mask_s
 
 
-def stage1_key(cfg: EditConfig) -> tuple:
-    """What stage 1 depends on besides the input images and the model (SPEC §3)."""
-    return (cfg.use_reference, cfg.source_prompt, cfg.reference_prompt if cfg.use_reference else None, cfg.steps,
-            cfg.size, cfg.inversion_guidance, cfg.feature_dtype if cfg.use_reference else None)
+def stage1_key(cfg: EditConfig, references: list[Reference] | None = None) -> tuple:
+    """What stage 1 depends on besides the input images and the model (SPEC §3); with `references` (a Prepared's),
+    also their count, prompt overrides and auto masks (nothing more for one plain reference: stage1_key(cfg))."""
+    key = (cfg.use_reference, cfg.source_prompt, cfg.reference_prompt if cfg.use_reference else None, cfg.steps,
+           cfg.size, cfg.inversion_guidance, cfg.feature_dtype if cfg.use_reference else None)
+    extra = stage1_extra(cfg, references) if cfg.use_reference else ()
+    return key + (extra,) if extra else key
 
 
-def prepare(sd: StableDiffusion, source: str | Path | Image.Image, reference: str | Path | Image.Image | None,
+def _reference_prompt(cfg: EditConfig, ref: Reference) -> str:
+    return cfg.reference_prompt if ref.prompt is None else ref.prompt
+
+
+def _auto_tokens(sd: StableDiffusion, cfg: EditConfig, ref: Reference, name: str) -> list[int]:
+    """Reference-prompt token positions an auto mask_s reads; a clear error for missing or absent words."""
+    words, prompt = (cfg.reference_words if ref.mask_words is None else ref.mask_words), _reference_prompt(cfg, ref)
+    if not words:
+        raise ValueError(f"{name}: an auto mask needs reference words (--reference-words WORD, a word of "
+                         f"--reference-prompt, e.g. --reference-prompt 'a tiger' --reference-words tiger)")
+    tokens = set()
+    for w in words:
+        try:
+            tokens.update(word_token_indices(sd.tokenizer, prompt, w))
+        except ValueError as e:
+            raise ValueError(f"{name}: the auto mask reads the reference's cross-attention to its words, so "
+                             f"give a --reference-prompt that contains {w!r} ({e})") from None
+    return sorted(tokens)
+
+
+def prepare(sd: StableDiffusion, source: str | Path | Image.Image,
+            reference: str | Path | Image.Image | Reference | list | None,
             cfg: EditConfig, reference_mask_file: str | Path | Image.Image | None = None) -> tuple[EditConfig, Prepared]:
     """Validate the settings and read the inputs; every bad input raises here, before any model call."""
-    cfg = cfg.replace(use_reference=cfg.use_reference and reference is not None)
+    refs = as_references(reference, reference_mask_file) if cfg.use_reference else []
+    cfg = cfg.replace(use_reference=cfg.use_reference and bool(refs))
+    groups: list[Group] = []
+    if cfg.use_reference:
+        target_words, groups = resolve_groups(cfg, refs)  # with --for, the bound words are the target words
+        cfg = cfg.replace(target_words=target_words) if target_words != tuple(cfg.target_words) else cfg
     validate(cfg, sd)
+    if len(groups) > 1 and cfg.masks not in ("both", "t"):
+        raise ValueError("one reference per target word needs each word's mask_t: use --masks both or t")
+    names = ["reference"] if len(refs) == 1 else [f"reference {i + 1}" for i in range(len(refs))]
+    mask_tokens = [_auto_tokens(sd, cfg, r, n) if r.auto else None for r, n in zip(refs, names)]
+    for r in refs:  # (cfg.reference_prompt is checked by validate)
+        if r.prompt is not None and sd.tokenizer.encode(r.prompt).truncated:
+            warnings.warn(f"reference prompt is longer than {sd.tokenizer.max_length} tokens and is truncated")
     plan = p2p_plan(cfg, sd)
     src_img = load_image(source, "source")
     warn_if_small(src_img, "source")
     size = working_size(src_img.width, src_img.height, cfg.size or sd.native_size)
-    images, mask_np, tokens = [to_tensor(src_img, size, sd.precise_dtype)], None, None
-    if cfg.use_reference:
-        ref_img = load_image(reference, "reference")
-        warn_if_small(ref_img, "reference")
-        mask_np = reference_mask(ref_img, reference_mask_file)
-        mask_np = np.asarray(Image.fromarray(mask_np).resize(size, Image.Resampling.NEAREST))
-        if not mask_np.any():
-            raise ValueError(f"reference mask is empty at the working size {size[0]}x{size[1]}")
-        images.append(to_tensor(ref_img, size, sd.precise_dtype))  # the source's size: inverted in one batch
-        if cfg.masks in ("both", "t"):
-            tokens = sorted({i for w in cfg.target_words for i in word_token_indices(sd.tokenizer, cfg.target_prompt, w)})
-    return cfg, Prepared(src_img, torch.cat(images), size, mask_np, plan, tokens)
+    images, masks, ref_imgs, tokens = [to_tensor(src_img, size, sd.precise_dtype)], [], [], None
+    for r, name in zip(refs, names):
+        ref_img = load_image(r.image, name)
+        warn_if_small(ref_img, name)
+        mask_np = None
+        if not r.auto:
+            mask = Image.fromarray(r.mask) if isinstance(r.mask, np.ndarray) else r.mask
+            mask_np = reference_mask(ref_img, mask)
+            mask_np = np.asarray(Image.fromarray(mask_np).resize(size, Image.Resampling.NEAREST))
+            if not mask_np.any():
+                raise ValueError(f"{name} mask is empty at the working size {size[0]}x{size[1]}")
+        masks.append(mask_np)
+        ref_imgs.append(ref_img)
+        # every reference at the source's working size (resized like the one reference of SPEC §3): one batch
+        images.append(to_tensor(ref_img, size, sd.precise_dtype))
+    if cfg.use_reference and cfg.masks in ("both", "t"):
+        find = lambda words: sorted({i for w in words  # noqa: E731
+                                     for i in word_token_indices(sd.tokenizer, cfg.target_prompt, w)})
+        tokens = find(cfg.target_words)
+        groups = [Group(g.words, g.refs, find(g.words)) for g in groups]
+    return cfg, Prepared(src_img, torch.cat(images), size, masks[0] if masks else None, plan, tokens, refs, ref_imgs,
+                         masks, mask_tokens, groups)
 
 
 @torch.no_grad()
@@ -187,32 +245,54 @@ def invert(sd: StableDiffusion, prep: Prepared, cfg: EditConfig, feature_blocks:
     t0 = time.perf_counter()
     z0 = sampling.encode(sd, prep.images)
     ddim = sampling.DDIM(cfg.steps, config=sd.scheduler_config)
-    prompts = [cfg.source_prompt] + ([cfg.reference_prompt] if cfg.use_reference else [])
-    features, keep = None, contextlib.nullcontext()
+    refs = (prep.references or [Reference(None)]) if cfg.use_reference else []  # [] from an older Prepared: one
+    prompts = [cfg.source_prompt] + [_reference_prompt(cfg, r) for r in refs]
+    features, keep, maps = None, contextlib.nullcontext(), None
     if cfg.use_reference:
+        k = len(refs)  # the batch is [src, ref_1..ref_K] (doubled, uncond first, at inversion guidance != 1)
         feat_dtype = DTYPES[cfg.feature_dtype] if cfg.feature_dtype else None
-        features = ReferenceFeatures(cfg.steps, set(feature_blocks), set(feature_steps), index=1, dtype=feat_dtype)
+        features = ReferenceFeatures(cfg.steps, set(feature_blocks), set(feature_steps), index=list(range(1, k + 1)),
+                                     dtype=feat_dtype)
         keep = sd.unet.hooked(features, blocks=sorted(features.blocks), kinds=("self",))
+        if any(r.auto for r in refs):  # auto mask_s: the conditional reference elements' word maps, same calls
+            cond = 0 if cfg.inversion_guidance == 1 else k + 1
+            maps = StageOneHook(features, tuple(cfg.map_blocks), [cond + i for i in range(1, k + 1)])
+            keep = sd.unet.hooked(maps, blocks=sorted(set(features.blocks) | set(cfg.map_blocks)))
     with keep:
         zs = sampling.invert(sd, z0, prompts, guidance=cfg.inversion_guidance, progress=progress, ddim=ddim)
-    return Inversion(stage1_key(cfg), zs[:, 0], features, ddim, time.perf_counter() - t0)
+    return Inversion(stage1_key(cfg, prep.references), zs[:, 0], features, ddim, time.perf_counter() - t0,
+                     None if maps is None else maps.map_sum)
+
+
+def reference_masks_s(prep: Prepared, inv: Inversion, cfg: EditConfig) -> list[np.ndarray]:
+    """Every reference's mask_s at the working size: the given ones, and auto ones from the inversion's maps."""
+    hw, out = (prep.size[1], prep.size[0]), []
+    for i, (m, tokens) in enumerate(zip(prep.masks_s, prep.mask_tokens or [None] * len(prep.masks_s))):
+        if m is None:
+            name = "the reference" if len(prep.masks_s) == 1 else f"reference {i + 1}"
+            m = auto_mask_s(inv.reference_maps[i], tokens, hw, cfg.interp, cfg.reference_thres, name)
+        out.append(m)
+    return out
 
 
 @torch.no_grad()
 def edit_stage(sd: StableDiffusion, prep: Prepared, inv: Inversion, cfg: EditConfig, progress: bool = True,
                observer: EditObserver | None = None) -> EditResult:
     """Stage 2 (SPEC §4): P2P with the reconstruction path; SR-attn in the chosen layers and steps."""
-    if inv.key != stage1_key(cfg):
-        raise ValueError(f"this inversion was made for other stage-1 settings ({inv.key}) than {stage1_key(cfg)}")
-    n, z_src, ddim, sr = cfg.steps, inv.z_src, inv.ddim, None
+    key = stage1_key(cfg, prep.references)
+    if inv.key != key:
+        raise ValueError(f"this inversion was made for other stage-1 settings ({inv.key}) than {key}")
+    n, z_src, ddim, sr, masks_s = cfg.steps, inv.z_src, inv.ddim, None, []
     if cfg.use_reference:
         missing = [(b, i) for b in range(*cfg.sr_layers) for i in range(*cfg.sr_steps) if (b, i) not in inv.features.kv]
         if missing:
             raise ValueError(f"the inversion kept no reference K/V for (block, step) {missing[:4]}...")
+        masks_s = reference_masks_s(prep, inv, cfg) if prep.masks_s else [prep.mask_s]
         sr = SRPlan(inv.features, range(*cfg.sr_layers), range(*cfg.sr_steps),
-                    mask_s=torch.from_numpy(prep.mask_s.copy()).to(sd.device, sd.precise_dtype)
+                    mask_s=torch.from_numpy(np.stack(masks_s)).to(sd.device, sd.precise_dtype)
                     if cfg.masks in ("both", "s") else None,
-                    target_tokens=prep.target_tokens, thres=cfg.thres, interp=cfg.interp)
+                    target_tokens=prep.target_tokens, thres=cfg.thres, interp=cfg.interp,
+                    groups=prep.groups or [Group(tuple(cfg.target_words), (0,), prep.target_tokens)])
     t0 = time.perf_counter()
     ctrl = EditController(prep.plan.to(sd.device, sd.precise_dtype), sr, tuple(z_src.shape[-2:]), observer)
     context = sd.encode_prompts(["", "", cfg.source_prompt, cfg.target_prompt])  # [u, u, c_src, c_tgt]
@@ -233,17 +313,21 @@ def edit_stage(sd: StableDiffusion, prep: Prepared, inv: Inversion, cfg: EditCon
     timings = {"invert": inv.seconds, "edit": seconds, "decode": time.perf_counter() - t1}
     return EditResult(
         edit=to_pil(out[1], prep.source.size), reconstruction=to_pil(out[0], prep.source.size),
-        mask_s=prep.mask_s, mask_t=ctrl.last_mask_t if sr is not None and sr.target_tokens is not None else None,
+        mask_s=masks_s[0] if masks_s else None,
+        mask_t=ctrl.last_mask_t if sr is not None and sr.target_tokens is not None else None,
         latents={"source_inverted": z_src, "reconstruction_latent": x[:1].clone(), "edit_latent": x[1:].clone()},
         config=cfg, working_size=prep.size, timings=timings, feature_bytes=sr.features.nbytes() if sr else 0,
-        blend_mask=ctrl.last_blend)
+        blend_mask=ctrl.last_blend,
+        masks_s=masks_s, masks_t={",".join(g.words): m for g, m in zip(sr.groups, ctrl.last_masks_t)} if sr else {})
 
 
 @torch.no_grad()
-def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: str | Path | Image.Image | None,
+def edit(sd: StableDiffusion, source: str | Path | Image.Image,
+         reference: str | Path | Image.Image | Reference | list[Reference | str | Path | Image.Image] | None,
          config: EditConfig, reference_mask_file: str | Path | Image.Image | None = None,
          progress: bool = True, observer: EditObserver | None = None, inspect: bool = False) -> EditResult:
-    """Edit `source` so that the target words' region becomes the reference object (SPEC §3-§4).
+    """Edit `source` so that the target words' region becomes the reference object (SPEC §3-§4); `reference` may
+    be one image (with `reference_mask_file`, or "auto") or a list of `Reference`s (views, one per target word).
 
     inspect=True records what stage 2 computes (result.inspection, a specref.trace.Recorder: per-step latents,
     masks, the word maps, SR-attn's change and reference mass); the edit itself is the same.

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
@@ -34,6 +35,7 @@ from .config import PRESETS, EditConfig
 from .images import load_image
 from .metrics import MARGIN, PeakMemory
 from .pipeline import edit_stage, invert, prepare, stage1_key
+from .references import Reference
 
 INPUTS = ("source", "reference", "reference_mask", "source_mask")  # per-run input files (vary/job keys)
 METRIC_COLUMNS = ("psnr_outside", "ssim_outside", "region_area", "region", "peak_memory_bytes")
@@ -149,18 +151,32 @@ def identity(item: object) -> object:
         return tuple(identity(i) for i in item)
     if isinstance(item, Image.Image):
         return ("image", item.mode, item.size, hashlib.sha256(item.tobytes()).hexdigest())
+    if isinstance(item, Reference):  # its image, its mask ("auto" is stage 1's business), its prompt
+        mask = item.mask if isinstance(item.mask, str) and item.auto else identity(
+            Image.fromarray(item.mask) if isinstance(item.mask, np.ndarray) else item.mask)
+        return ("reference", identity(item.image), mask, item.words, item.prompt, item.mask_words)
     path = Path(item)
     if path.is_file():
         return ("file", hashlib.sha256(path.read_bytes()).hexdigest())
     return ("missing", str(item))  # prepare reports it
 
 
-def _load_reference(reference: object) -> object:
-    if reference is None or isinstance(reference, Image.Image):
-        return reference
-    if isinstance(reference, (list, tuple)):
-        return [load_image(r, "reference") for r in reference]
-    return load_image(reference, "reference")
+def _references(run: Run) -> list[Reference]:
+    """A run's references ([] for the P2P baseline)."""
+    return list(run.reference or []) if run.config.use_reference else []
+
+
+def reference_list(args: argparse.Namespace) -> list[Reference] | None:
+    """args.reference (paths, images or References, one or a list) with args.reference_mask, as References."""
+    from .cli import references_from_args
+
+    if args.reference is None or getattr(args, "no_reference", False):
+        return None
+    if isinstance(args.reference, (list, tuple)) and all(isinstance(r, Reference) for r in args.reference):
+        return list(args.reference)
+    if isinstance(args.reference, Reference):
+        return [args.reference]
+    return references_from_args(args)
 
 
 def _error(e: BaseException) -> str:
@@ -178,7 +194,8 @@ def execute(sd: StableDiffusion, runs: list[Run], out: Path, progress: bool = Tr
         if run.status != "pending":
             continue
         try:
-            key = (stage1_key(run.config), identity(run.args.source), identity(run.reference))
+            refs = _references(run)
+            key = (stage1_key(run.config, refs), identity(run.args.source), identity(refs))
         except Exception as e:  # noqa: BLE001 - an unreadable input fails this run only
             _fail(run, e, bar, on_done)
             continue
@@ -194,8 +211,8 @@ def execute(sd: StableDiffusion, runs: list[Run], out: Path, progress: bool = Tr
             try:
                 with PeakMemory(run.args.device) as peak:
                     src_img = load_image(run.args.source, "source")
-                    ref_img = _load_reference(run.reference)
-                    cfg, prep = prepare(sd, src_img, ref_img, run.config, run.args.reference_mask)
+                    refs = _references(run)
+                    cfg, prep = prepare(sd, src_img, refs or None, run.config)
                     if inv is None:
                         inv = invert(sd, prep, cfg, blocks, steps, progress)
                         inversions += 1
@@ -204,8 +221,7 @@ def execute(sd: StableDiffusion, runs: list[Run], out: Path, progress: bool = Tr
                 run.inversion = inversions - 1
                 extra = {"study": {"name": run.name, "labels": run.labels, "inversion": run.inversion,
                                    "inversion_shared_by": len(group)}}
-                folder = write_run(out / run.name, run.args, result, src_img,
-                                   ref_img if not isinstance(ref_img, list) else None, run.reference, peak.peak, extra)
+                folder = write_run(out / run.name, run.args, result, src_img, refs, peak.peak, extra)
                 run.record, run.status = json.loads((folder / "run.json").read_text()), "done"
             except Exception as e:  # noqa: BLE001 - a bad job fails alone (Ctrl-C / SystemExit still stop all)
                 _fail(run, e, bar, on_done)
@@ -307,8 +323,9 @@ def sweep(sd: StableDiffusion, source: object, reference: object, config: EditCo
         args = copy.copy(rt)
         for k, v in {**base, **{k: v for k, v in over.items() if k in base}}.items():
             setattr(args, k, v)
-        run = Run(name, args, reference=args.reference, labels=lab)
+        run = Run(name, args, labels=lab)
         try:
+            run.reference = reference_list(args)
             fields = {k: v for k, v in over.items() if k not in base}
             if callable(config):
                 run.config = config(over)
@@ -316,8 +333,6 @@ def sweep(sd: StableDiffusion, source: object, reference: object, config: EditCo
                 raise ValueError("vary preset / no-reference through the CLI (a base EditConfig has no preset)")
             else:
                 run.config = config.replace(**fields)
-            if getattr(args, "no_reference", False):
-                run.reference = None
         except (ValueError, TypeError, SystemExit) as e:
             run.status, run.error = "failed", _error(e)
         runs.append(run)
@@ -345,6 +360,7 @@ def contact_sheet(runs: list[Run], names: list[str], labels: dict[str, list[str]
     for i, (img, label) in enumerate(((source, "source"), (reference, "reference"))):
         try:
             first = img[0] if isinstance(img, (list, tuple)) else img
+            first = first.image if isinstance(first, Reference) else first
             if first is not None:
                 sheet.paste(fit(load_image(first, label)), (0, head + i * (tile + pad)))
                 draw.text((2, head + i * (tile + pad) + 2), label, fill="red")

@@ -66,8 +66,9 @@ class Recorder(EditObserver):
 
     # ---- read-outs ---------------------------------------------------------------------------------
     def sr_maps(self) -> dict[tuple[int, int], tuple[Tensor, Tensor]]:
-        """Per SR layer size (h, w): (change [h, w], reference mass [h, w]), averaged over the layers' calls."""
-        return {hw: ((c / k).reshape(hw), (m / k).reshape(hw)) for hw, (c, m, k) in sorted(self.change.items())}
+        """Per SR layer size (h, w): (change [h, w], reference mass [K, h, w] per reference), averaged over the
+        layers' calls."""
+        return {hw: ((c / k).reshape(hw), (m / k).reshape(-1, *hw)) for hw, (c, m, k) in sorted(self.change.items())}
 
     def trace(self, source_inverted: Tensor) -> dict[str, Tensor]:
         """The trace tensors (TRACE_KEYS; float32, or float64 in the float64 mode)."""

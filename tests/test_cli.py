@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -63,3 +64,39 @@ def test_flags_override_preset():
 def test_preset_list(capsys):
     assert main(["--preset-list"]) == 0
     assert capsys.readouterr().out.count("\n") == 8
+
+
+def test_two_references_one_per_word(tiny_diffusers_dir, inputs, tmp_path):
+    out, r = tmp_path / "two", str(inputs / "r.png")
+    assert main(args_for(inputs, tiny_diffusers_dir, out, "--for", "tiger", "--reference", r, "--reference-mask",
+                         "auto", "--for", "mirror", "--reference-prompt", "a mirror", "--reference-words",
+                         "mirror")) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"mask_s_1.png", "mask_s_2.png", "mask_t.png", "mask_t_tiger.png", "mask_t_mirror.png",
+            "summary.png"} <= names and "mask_s.png" not in names
+    run = json.loads((out / "run.json").read_text())
+    assert run["inputs"]["for"] == [["tiger"], ["mirror"]] and run["inputs"]["reference_mask"][1] == "auto"
+    assert run["settings"]["target_words"] == ["tiger", "mirror"]
+    tiger, mirror = (np.asarray(Image.open(out / f"mask_t_{w}.png")) > 127 for w in ("tiger", "mirror"))
+    assert not (tiger & mirror).any()
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--reference-mask", "m.png"], "2 --reference-mask for 1 --reference"),
+    (["--for", "lion"], "word 'lion' is not in the prompt"),
+    (["--for", "tiger", "--reference", "r.png", "--reference-mask", "m.png", "--for", "tiger,mirror"],
+     "'tiger' is bound twice"),
+    (["--for", "tiger,tiger"], "same word twice"),
+    (["--reference", "r.png", "--reference-mask", "auto"], "auto mask needs reference words"),
+])
+def test_bad_references_leave_no_output(tiny_diffusers_dir, inputs, tmp_path, capsys, extra, match):
+    out = tmp_path / "bad"
+    extra = [str(inputs / e) if e.endswith(".png") else e for e in extra]
+    assert main(args_for(inputs, tiny_diffusers_dir, out, *extra)) == 1
+    assert match in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_for_needs_a_reference_before_it():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["edit", "--source", "s", "--for", "tiger", "--reference", "r"])
