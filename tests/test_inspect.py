@@ -72,10 +72,11 @@ def test_trace_mask_t_is_what_sr_attn_used(tiny_sd, monkeypatch):
     used = []
     inner = specref.controller.blend_by_mask_t
 
-    def spy(out_self, out_ref, mask_t):
+    def spy(out_self, outs, masks_t):
+        (mask_t,) = masks_t  # one reference group
         if mask_t is not None and mask_t.numel() == 16 * 16:  # the SR layers at the latent size (blocks 13-15)
             used.append(mask_t.clone())
-        return inner(out_self, out_ref, mask_t)
+        return inner(out_self, outs, masks_t)
 
     monkeypatch.setattr(specref.controller, "blend_by_mask_t", spy)
     res, rec = recorded(tiny_sd, sr=False)

@@ -10,7 +10,7 @@ from PIL import Image
 
 import specref
 from specref import Reference
-from specref.masks import mask_t_from_maps
+from specref.masks import mask_t_from_maps, mask_t_map
 from specref.pipeline import edit_stage, invert, prepare, stage1_key
 from specref.references import auto_mask_s, word_masks
 from specref.srattn import sr_attention, sr_attention_groups
@@ -66,13 +66,14 @@ def test_overlap_rule():
     maps[:, 1:3, 2] = 1.5         # word B: middle (normalised 0.75), overlaps A in column 1 ...
     maps[:, 1, 2] = 2.0           # ... where both normalised maps are 1.0: a tie
     maps[0, 1, 1] = 0.5           # row 0: A's normalised map is 0.5 < B's 1.0 -> B wins
-    a, b = word_masks(maps, [[1], [2]], (4, 4), "nearest", 0.5)
+    norm = [mask_t_map(maps, [1]), mask_t_map(maps, [2])]  # each word's min-max normalised map (SPEC §4.4)
+    a, b = word_masks(norm, (4, 4), "nearest", 0.5)
     assert not bool((a & b).any())                                  # disjoint
     assert a[1:, 1].all() and not b[1:, 1].any()                   # a tie goes to the earlier word
     assert b[0, 1] and not a[0, 1]                                  # the larger normalised map wins
     assert a[:, 0].all() and b[:, 2].all() and not (a | b)[:, 3].any()  # disjoint parts stay each word's
     # one word: exactly SPEC §4.4's mask_t
-    assert torch.equal(word_masks(maps, [[1]], (8, 8), "bilinear", 0.5)[0],
+    assert torch.equal(word_masks(norm[:1], (8, 8), "bilinear", 0.5)[0],
                        mask_t_from_maps(maps, [1], (8, 8), "bilinear", 0.5))
 
 
