@@ -55,6 +55,7 @@ FLOAT32_SITES = {
     ("specref/p2p.py", "edit_replace"): "the P2P cross-attention edit runs in float32, as the reference does",
     ("specref/controller.py", "edit_probs"): "the P2P edit and the stored word maps (map_sum) are float32",
     ("specref/controller.py", "mask_t"): _MASKS,
+    ("specref/controller.py", "mask_s"): _MASKS,
     ("specref/controller.py", "local_blend"): "Local Blend acts on the float32 latents",
     ("specref/blend.py", "local_blend_mask"): _MASKS,
     ("specref/blend.py", "_prompt_masks"): _MASKS,
@@ -189,6 +190,6 @@ def test_kept_reference_kv_and_masks_have_the_intended_dtypes(recorded):
     kept = {(k.dtype, v.dtype, k.device, v.device) for k, v in features.kv.values()}
     assert kept == {(sd.dtype, sd.dtype, sd.device, sd.device)}, kept  # feature_dtype None: the model's dtype
     assert ctrl._mask_s and all(m.dtype == torch.bool for m in ctrl._mask_s.values())
-    assert ctrl._mask_t and all(m.dtype == torch.bool for m in ctrl._mask_t.values())
+    assert ctrl._mask_t and all(m.dtype == torch.bool for ms in ctrl._mask_t.values() for m in ms)  # per group
     assert ctrl.map_sum.dtype == torch.float32 and res.mask_t.dtype == torch.bool and res.mask_s.dtype == bool
     assert all(v.dtype == torch.float32 for v in res.latents.values())
