@@ -10,7 +10,6 @@ folder stays a few hundred KB. About 5 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -29,8 +28,7 @@ RUNS = {
                      "inspect/cross_attention_target.png": "cross_attention_target.png",
                      "inspect/masks_over_steps.png": "masks_over_steps.png",
                      "inspect/sr_attention.png": "sr_attention.png", "inspect/trajectory.png": "trajectory.png"}),
-    "baseline": (["--no-reference"], {"summary.png": "baseline_summary.png",
-                                      "inspect/trajectory.png": "baseline_trajectory.png"}),
+    "baseline": (["--no-reference"], {"summary.png": "baseline_summary.png"}),
     "no_mask_t": (["--masks", "s"], {"summary.png": "no_mask_t_summary.png"}),
     "no_mask_s": (["--masks", "t"], {"summary.png": "no_mask_s_summary.png",
                                      "inspect/sr_attention.png": "no_mask_s_sr_attention.png"}),
@@ -62,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
                 return rc
             for src, dst in keep.items():
                 save_small(run / src, out / dst)
-        shutil.copy(EXAMPLE / "reference.png", out / "reference.png")
     total = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {len(list(out.iterdir()))} figures to {out} ({total / 1024:.0f} KiB)")
     return 0

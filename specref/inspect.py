@@ -121,8 +121,7 @@ def masks_picture(rec: Recorder, source: Image.Image, most: int = 10) -> Image.I
                          title="over the source; grey: not computed at that step")
 
 
-def sr_picture(rec: Recorder, source: Image.Image, references: list[Image.Image],
-               blocks: dict[tuple[int, int], list[int]]) -> Image.Image:
+def sr_picture(rec: Recorder, source: Image.Image, references: list[Image.Image]) -> Image.Image:
     """Per SR layer size: |out - out_self| over the source, and the reference mass over each reference."""
     maps = rec.sr_maps()
     if not maps or not references:
@@ -133,7 +132,7 @@ def sr_picture(rec: Recorder, source: Image.Image, references: list[Image.Image]
         rows.append([overlay(source, change)] + [overlay(r, m) for r, m in zip(references, mass)])
         labels.append(["changed (target)"] + [f"drawn from (reference{f' {i + 1}' if many else ''})"
                                               for i in range(len(references))])
-        titles.append(f"{hw[0]}x{hw[1]} blocks {','.join(map(str, blocks.get(hw, [])))}")
+        titles.append(f"{hw[0]}x{hw[1]} blocks {','.join(map(str, sorted(rec.sr_blocks.get(hw, ()))))}")
     return labelled_grid(rows, labels, titles, title="SR-attn, averaged over heads and SR steps")
 
 
@@ -161,12 +160,8 @@ def write_inspection(folder: str | Path, sd: StableDiffusion, rec: Recorder, sou
                                           "steps, heads averaged; each tile min-max normalised")
             out.append(folder / f"cross_attention_{name}.png")
             pic.save(out[-1])
-    sizes: dict[tuple[int, int], list[int]] = {}  # layer size -> its block indices, for the row titles
-    h, w = rec.latents[0].shape[-2:]
-    for block, level in sorted(sd.unet.block_levels().items()):
-        sizes.setdefault((-(-h // 2**level), -(-w // 2**level)), []).append(block)
     pictures = {"masks_over_steps.png": masks_picture(rec, source),
-                "sr_attention.png": sr_picture(rec, source, references, sizes),
+                "sr_attention.png": sr_picture(rec, source, references),
                 "trajectory.png": trajectory_picture(sd, rec)}
     for name, pic in pictures.items():
         out.append(folder / name)

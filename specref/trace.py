@@ -37,6 +37,7 @@ class Recorder(EditObserver):
         self.x0: dict[int, Tensor] = {}              # step -> predicted x0 [2, 4, h, w] ([reconstruction, edit])
         self.change: dict[tuple[int, int], list] = {}  # layer (h, w) -> [sum of change [Nq], sum of mass [Nr], calls]
         self.maps: Tensor | None = None              # [2, hm, wm, 77]
+        self.sr_blocks: dict[tuple[int, int], set[int]] = {}  # layer (h, w) -> the SR blocks of that size
 
     def on_step(self, step: int, t: int, x_in: Tensor, eps: Tensor, x_out: Tensor) -> None:
         if not self.latents:
@@ -58,6 +59,7 @@ class Recorder(EditObserver):
         return self.sr
 
     def on_sr(self, site: AttnSite, step: int, change: Tensor, ref_mass: Tensor) -> None:
+        self.sr_blocks.setdefault((site.height, site.width), set()).add(site.block)
         acc = self.change.setdefault((site.height, site.width), [0, 0, 0])
         acc[0], acc[1], acc[2] = acc[0] + change.detach(), acc[1] + ref_mass.detach(), acc[2] + 1
 
