@@ -446,7 +446,8 @@ def bench_sweep(folder: Path, args: argparse.Namespace) -> str:
             ["sweep / separate (target <= 0.75)", f"{r['sweep'] / r['separate']:.2f}", f"{sw_f / sep_f:.2f}"],
             [f"batch of {k} jobs / the {k} edits alone, model loaded once (target <= 1.05)",
              f"{r['batch'] / r['single_edits']:.3f}", ""]]
-    return (f"### Sweep and batch: {PRESET}, {args.size}, {args.dtypes[0]}, k = {k}, model load {r['load']:.1f} s\n\n"
+    return (f"### Sweep and batch: {PRESET}, {args.size}, {args.dtypes[0]}, k = {k}, model load {r['load']:.1f} s"
+            f"{cpu_title()}\n\n"
             + table(["", f"measured ({args.steps} steps)", f"{FULL_STEPS} steps (estimate)"], rows))
 
 
