@@ -64,8 +64,12 @@ class DDIM:
         # over 50 steps. The alphas are the float32 schedule's values (SPEC §2) in either mode.
         dt = torch.float64 if torch.float64 in (x.dtype, eps.dtype) else torch.float32
         x, eps = x.to(dt), eps.to(dt)
-        x0 = (x - (1 - a_from) ** 0.5 * eps) / a_from**0.5
-        return a_to**0.5 * x0 + (1 - a_to) ** 0.5 * eps
+        return a_to**0.5 * DDIM.predict_x0(x, eps, a_from) + (1 - a_to) ** 0.5 * eps
+
+    @staticmethod
+    def predict_x0(x: Tensor, eps: Tensor, a: float) -> Tensor:
+        """x0 = (x - sqrt(1 - a) eps) / sqrt(a), the clean latent x and eps predict at alpha_bar a (SPEC §2)."""
+        return (x - (1 - a) ** 0.5 * eps) / a**0.5
 
     def step(self, eps: Tensor, t: int | Tensor, x: Tensor) -> Tensor:
         """x_t -> x_{t - stride} with noise prediction eps (float32 out; float64 for float64 input)."""

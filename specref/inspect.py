@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
@@ -60,7 +59,7 @@ def labelled_grid(rows: list[list[Image.Image]], labels: list[list[str]], row_ti
     """Tiles in rows, each with its label drawn under it; optional row titles on the left and a title on top."""
     f, tw = font(12), max(t.width for r in rows for t in r)
     th = max(t.height for r in rows for t in r)
-    left = 8 + max((int(font(12).getlength(s)) for s in row_titles or []), default=0)
+    left = 8 + max((int(f.getlength(s)) for s in row_titles or []), default=0)
     top = LABEL + 4 if title else 0
     cols = max(len(r) for r in rows)
     sheet = Image.new("RGB", (left + cols * (tw + 4), top + len(rows) * (th + LABEL + 4)), "white")
@@ -169,7 +168,6 @@ def write_inspection(folder: str | Path, sd: StableDiffusion, rec: Recorder, sou
     return out
 
 
-@torch.no_grad()
 def mass_inside(values: Tensor, region: np.ndarray) -> float:
     """Fraction of a non-negative map's mass that falls inside `region` (bool, any size; the map is resized)."""
     v = np.asarray(values.detach().float().cpu(), np.float64)

@@ -135,16 +135,19 @@ class Prepared:
     """An edit's checked inputs: images at the working size, mask_s, and the settings resolved to tensors."""
 
     source: Image.Image                 # the source as given (outputs are resized back to its size)
-    images: Tensor                      # [1 + K, 3, H, W]: source, then the reference (K = 0 or 1)
+    images: Tensor                      # [1 + K, 3, H, W]: source, then the K references (K = 0 without one)
     size: tuple[int, int]               # working (W, H)
-    mask_s: np.ndarray | None           # [H, W] bool at the working size
     plan: P2PPlan
     target_tokens: list[int] | None     # token positions of the target words, for mask_t (None: mask_t all ones)
     references: list[Reference] = field(default_factory=list)    # [] without a reference
-    reference_images: list[Image.Image] = field(default_factory=list)
     masks_s: list[np.ndarray | None] = field(default_factory=list)  # per reference at the working size; None: auto
     mask_tokens: list[list[int] | None] = field(default_factory=list)  # reference-prompt tokens of an auto mask
     groups: list[Group] = field(default_factory=list)            # target-word groups and their references
+
+    @property
+    def mask_s(self) -> np.ndarray | None:
+        """The first reference's mask_s (None without a reference, or for an auto mask: found in stage 1)."""
+        return self.masks_s[0] if self.masks_s else None
 
 
 @dataclass
@@ -213,7 +216,7 @@ def prepare(sd: StableDiffusion, source: str | Path | Image.Image,
     src_img = load_image(source, "source")
     warn_if_small(src_img, "source")
     size = working_size(src_img.width, src_img.height, cfg.size or sd.native_size)
-    images, masks, ref_imgs, tokens = [to_tensor(src_img, size, sd.precise_dtype)], [], [], None
+    images, masks, tokens = [to_tensor(src_img, size, sd.precise_dtype)], [], None
     for r, name in zip(refs, names):
         ref_img = load_image(r.image, name)
         warn_if_small(ref_img, name)
@@ -225,7 +228,6 @@ def prepare(sd: StableDiffusion, source: str | Path | Image.Image,
             if not mask_np.any():
                 raise ValueError(f"{name} mask is empty at the working size {size[0]}x{size[1]}")
         masks.append(mask_np)
-        ref_imgs.append(ref_img)
         # every reference at the source's working size (resized like the one reference of SPEC §3): one batch
         images.append(to_tensor(ref_img, size, sd.precise_dtype))
     if cfg.use_reference and cfg.masks in ("both", "t"):
@@ -233,8 +235,7 @@ def prepare(sd: StableDiffusion, source: str | Path | Image.Image,
                                      for i in word_token_indices(sd.tokenizer, cfg.target_prompt, w)})
         tokens = find(cfg.target_words)
         groups = [Group(g.words, g.refs, find(g.words)) for g in groups]
-    return cfg, Prepared(src_img, torch.cat(images), size, masks[0] if masks else None, plan, tokens, refs, ref_imgs,
-                         masks, mask_tokens, groups)
+    return cfg, Prepared(src_img, torch.cat(images), size, plan, tokens, refs, masks, mask_tokens, groups)
 
 
 @torch.no_grad()
@@ -245,7 +246,7 @@ def invert(sd: StableDiffusion, prep: Prepared, cfg: EditConfig, feature_blocks:
     t0 = time.perf_counter()
     z0 = sampling.encode(sd, prep.images)
     ddim = sampling.DDIM(cfg.steps, config=sd.scheduler_config)
-    refs = (prep.references or [Reference(None)]) if cfg.use_reference else []  # [] from an older Prepared: one
+    refs = prep.references if cfg.use_reference else []
     prompts = [cfg.source_prompt] + [_reference_prompt(cfg, r) for r in refs]
     features, keep, maps = None, contextlib.nullcontext(), None
     if cfg.use_reference:
@@ -267,7 +268,7 @@ def invert(sd: StableDiffusion, prep: Prepared, cfg: EditConfig, feature_blocks:
 def reference_masks_s(prep: Prepared, inv: Inversion, cfg: EditConfig) -> list[np.ndarray]:
     """Every reference's mask_s at the working size: the given ones, and auto ones from the inversion's maps."""
     hw, out = (prep.size[1], prep.size[0]), []
-    for i, (m, tokens) in enumerate(zip(prep.masks_s, prep.mask_tokens or [None] * len(prep.masks_s))):
+    for i, (m, tokens) in enumerate(zip(prep.masks_s, prep.mask_tokens)):
         if m is None:
             name = "the reference" if len(prep.masks_s) == 1 else f"reference {i + 1}"
             m = auto_mask_s(inv.reference_maps[i], tokens, hw, cfg.interp, cfg.reference_thres, name)
@@ -287,12 +288,12 @@ def edit_stage(sd: StableDiffusion, prep: Prepared, inv: Inversion, cfg: EditCon
         missing = [(b, i) for b in range(*cfg.sr_layers) for i in range(*cfg.sr_steps) if (b, i) not in inv.features.kv]
         if missing:
             raise ValueError(f"the inversion kept no reference K/V for (block, step) {missing[:4]}...")
-        masks_s = reference_masks_s(prep, inv, cfg) if prep.masks_s else [prep.mask_s]
+        masks_s = reference_masks_s(prep, inv, cfg)
         sr = SRPlan(inv.features, range(*cfg.sr_layers), range(*cfg.sr_steps),
                     mask_s=torch.from_numpy(np.stack(masks_s)).to(sd.device, sd.precise_dtype)
                     if cfg.masks in ("both", "s") else None,
                     target_tokens=prep.target_tokens, thres=cfg.thres, interp=cfg.interp,
-                    groups=prep.groups or [Group(tuple(cfg.target_words), (0,), prep.target_tokens)])
+                    groups=prep.groups)
     t0 = time.perf_counter()
     ctrl = EditController(prep.plan.to(sd.device, sd.precise_dtype), sr, tuple(z_src.shape[-2:]), observer)
     context = sd.encode_prompts(["", "", cfg.source_prompt, cfg.target_prompt])  # [u, u, c_src, c_tgt]
@@ -332,11 +333,11 @@ def edit(sd: StableDiffusion, source: str | Path | Image.Image,
     inspect=True records what stage 2 computes (result.inspection, a specref.trace.Recorder: per-step latents,
     masks, the word maps, SR-attn's change and reference mass); the edit itself is the same.
     """
+    if inspect and observer is not None:
+        raise ValueError("give inspect=True or an observer, not both")
     t0 = time.perf_counter()
     cfg, prep = prepare(sd, source, reference, config, reference_mask_file)
     inv = invert(sd, prep, cfg, range(*cfg.sr_layers), range(*cfg.sr_steps), progress)
-    if inspect and observer is not None:
-        raise ValueError("give inspect=True or an observer, not both")
     if inspect:
         observer = Recorder(inv.ddim, cfg.guidance, sr=True, x0_steps=x0_steps(cfg.steps))
     result = edit_stage(sd, prep, inv, cfg, progress, observer)

@@ -44,10 +44,9 @@ class Recorder(EditObserver):
             self.latents.append(x_in.detach().clone())
         self.latents.append(x_out.detach().clone())
         self.eps.append(eps.detach().clone())
-        if step in self.x0_steps:  # x0 = (x - sqrt(1 - a) eps) / sqrt(a) with the guided eps (SPEC §2)
-            a = self.ddim.alpha_bar(t)
+        if step in self.x0_steps:  # with the guided eps, as the DDIM step uses it (SPEC §2)
             e = sampling.guide(eps, self.guidance, x_in.shape[0])
-            self.x0[step] = (x_in - (1 - a) ** 0.5 * e) / a**0.5
+            self.x0[step] = self.ddim.predict_x0(x_in, e, self.ddim.alpha_bar(t))
 
     def on_blend(self, step: int, mask: Tensor) -> None:
         self.blend[step] = mask.detach().clone()

@@ -39,6 +39,7 @@ FLOAT32_SITES = {
     ("sampling/loops.py", "guide"): "eps is combined for guidance in float32",
     ("sampling/loops.py", "invert"): "the inverted trajectory is kept in float32",
     ("sampling/ddim.py", "_move"): "the DDIM update runs in float32: bf16/fp16 rounding accumulates over 50 steps",
+    ("sampling/ddim.py", "predict_x0"): "the DDIM update runs in float32 (its x0 part)",
     ("sampling/ddim.py", "__init__"): "the noise schedule is float32",
     ("sampling/ddim.py", "alpha_bar"): "the noise schedule is float32 (read as a Python float)",
     ("specref/pipeline.py", "prepare"): "input images are float32 (to_tensor)",
