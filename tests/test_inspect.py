@@ -150,3 +150,8 @@ def load_file_dict(path):
     from safetensors.torch import load_file
 
     return load_file(path)
+
+
+def test_inspect_and_an_observer_is_an_error_before_any_work(tiny_sd):
+    with pytest.raises(ValueError, match="inspect=True or an observer, not both"):
+        run(tiny_sd, observer=Recorder(sampling.DDIM(N), CFG.guidance), inspect=True)
