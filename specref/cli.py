@@ -6,19 +6,18 @@ import dataclasses
 import hashlib
 import json
 import platform
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from .config import PRESETS, EditConfig
 from .images import load_image, mask_to_pil, psnr, to_pil, to_tensor, working_size
 from .inspect import write_inspection
 from .metrics import MARGIN, PeakMemory, background_metrics, edit_region
+from .outputs import OutputError, check_file, check_folder, record_mark, staged_folder, write_file
 from .pipeline import DTYPES, EditResult, edit, x0_steps
 from .references import AUTO, Reference
 from .trace import Recorder, save_trace
@@ -192,7 +191,15 @@ def add_edit_args(e: argparse.ArgumentParser, out: str = "out", out_help: str = 
     _add_model_args(e)
     o = e.add_argument_group("outputs")
     o.add_argument("--out", default=out, help=out_help)
+    add_overwrite(o)
     o.add_argument("--save-tensors", action="store_true", help="also write tensors.safetensors (latents, mask_t)")
+
+
+def add_overwrite(group) -> None:
+    """--overwrite: the one way to replace a previous output (specref/outputs.py has the rule)."""
+    group.add_argument("--overwrite", action="store_true", help="replace a previous output of specref at the "
+                       "output path (a folder holding only what that run wrote, or a file specref wrote); a folder "
+                       "or file of anything else is never touched")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("jobs", help="JSON-lines job file")
     _add_model_args(b)
     o = b.add_argument_group("outputs")
-    o.add_argument("--out", default="out/batch", help="batch folder: a folder per job and results.csv [out/batch]")
+    o.add_argument("--out", default="out/batch", help="batch folder: a folder per job and results.csv; a previous "
+                   "batch folder resumes [out/batch]")
     o.add_argument("--save-tensors", action="store_true", help="also write tensors.safetensors for every job")
     s = sub.add_parser("sample", help="text-to-image (checks a model)")
     _add_model_args(s)
@@ -238,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--width", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="sample.png")
+    add_overwrite(s)
     r = sub.add_parser("reconstruct", help="invert an image and regenerate it; prints the PSNR")
     _add_model_args(r)
     r.add_argument("--image", required=True)
@@ -246,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--guidance", type=float, default=1.0)
     r.add_argument("--size", type=int, default=None, help="working long side (default: the model's native size)")
     r.add_argument("--out", default="reconstruction")
+    add_overwrite(r)
     return parser
 
 
@@ -359,6 +369,7 @@ def run_edit(args: argparse.Namespace) -> Path:
     import weights
 
     cfg, refs = edit_inputs(args)
+    check_edit_outputs(args)
     src_img = load_image(args.source, "source")
     sd = load(args)
     rec = None
@@ -372,12 +383,47 @@ def run_edit(args: argparse.Namespace) -> Path:
     if args.trace:
         meta = {"settings": vars(result.config), "timesteps": rec.ddim.timesteps.tolist(), "dtype": args.dtype,
                 "model": args.model or str(weights.DEFAULT_MODEL)}
-        print(f"wrote {save_trace(args.trace, rec.trace(result.latents['source_inverted']), meta)}")
+        tensors = rec.trace(result.latents["source_inverted"])
+        write_file(args.trace, lambda p: save_trace(p, tensors, meta), args.overwrite, ours=is_trace)
+        print(f"wrote {args.trace}")
     if args.inspect:
         images = [load_image(r.image, "reference") for r in refs or []] if result.config.use_reference else []
-        paths = write_inspection(args.inspect, sd, rec, cfg.source_prompt, cfg.target_prompt, src_img, images)
+        with staged_folder(args.inspect, args.overwrite) as tmp:
+            paths = write_inspection(tmp, sd, rec, cfg.source_prompt, cfg.target_prompt, src_img, images)
+            (tmp / "run.json").write_text(json.dumps({"specref": record_mark("inspect", [p.name for p in paths])}))
         print(f"wrote {len(paths)} pictures to {args.inspect}")
     return out
+
+
+def input_paths(args: argparse.Namespace) -> list:
+    """Every input file or folder an edit reads (outputs must not be or hold one of them)."""
+    masks = [m for m in _list(getattr(args, "reference_mask", None)) if m != AUTO]
+    return [args.source, *_list(getattr(args, "reference", None)), *masks, getattr(args, "source_mask", None),
+            getattr(args, "model", None)]
+
+
+def is_trace(path: Path) -> bool:
+    """True if `path` is a trace file specref wrote (a safetensors file with its metadata)."""
+    from .trace import load_trace
+
+    try:
+        return bool(load_trace(path)[1])
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+
+
+def check_edit_outputs(args: argparse.Namespace) -> None:
+    """The output paths of `edit` (--out, --trace, --inspect), before the model loads (specref/outputs.py)."""
+    inputs = input_paths(args)
+    check_folder(args.out, inputs, args.overwrite)
+    out = Path(args.out).resolve()
+    for flag, path in (("--trace", getattr(args, "trace", None)), ("--inspect", getattr(args, "inspect", None))):
+        if path and (Path(path).resolve() == out or out in Path(path).resolve().parents):
+            raise OutputError(f"{flag} {path} is inside --out {args.out}: put it beside the output folder")
+    if getattr(args, "trace", None):
+        check_file(args.trace, inputs, args.overwrite, "--trace", ours=is_trace)
+    if getattr(args, "inspect", None):
+        check_folder(args.inspect, inputs, args.overwrite, "--inspect")
 
 
 def write_run(out: Path, args: argparse.Namespace, result: EditResult, src_img: Image.Image,
@@ -392,9 +438,7 @@ def write_run(out: Path, args: argparse.Namespace, result: EditResult, src_img: 
                                       getattr(args, "source_mask", None), getattr(args, "metrics_margin", MARGIN))
     metrics = {**background_metrics(src_img, result.edit, region), "region": region_kind,
                "seconds": result.timings.get("total"), "peak_memory_bytes": peak_bytes}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # renamed to `out` when complete
-    try:
+    with staged_folder(out, getattr(args, "overwrite", False)) as tmp:
         result.edit.save(tmp / "edit.png")
         result.reconstruction.save(tmp / "reconstruction.png")
         for i, m in enumerate(result.masks_s):  # mask_s.png; mask_s_1.png ... with several references
@@ -429,43 +473,58 @@ def write_run(out: Path, args: argparse.Namespace, result: EditResult, src_img: 
             "reference_feature_bytes": result.feature_bytes, "metrics": metrics, **(extra or {}),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
         }
+        run["specref"] = record_mark("edit", [p.name for p in tmp.iterdir() if not p.name.startswith(".")])
         (tmp / "run.json").write_text(json.dumps(run, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
+
+
+PNG_MARK = "specref"  # the PNG text entry that marks an image written by `sample`
+
+
+def is_sample(path: Path) -> bool:
+    """True if `path` is a PNG that `sample` wrote."""
+    try:
+        with Image.open(path) as im:
+            return PNG_MARK in getattr(im, "text", {})
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
 
 
 def run_sample(args: argparse.Namespace) -> None:
     import sampling
 
+    check_file(args.out, [args.model], args.overwrite, ours=is_sample)
     sd = load(args)
     lat = sampling.sample(sd, args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
                           steps=args.steps, height=args.height, width=args.width, seed=args.seed,
                           progress=not args.quiet)
-    to_pil(sampling.decode(sd, lat)[0]).save(args.out)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PNG_MARK, json.dumps({"prompt": args.prompt, "seed": args.seed, "steps": args.steps}))
+    image = to_pil(sampling.decode(sd, lat)[0])
+    write_file(args.out, lambda p: image.save(p, format="PNG", pnginfo=info), args.overwrite, ours=is_sample)
     print(f"wrote {args.out}")
 
 
 def run_reconstruct(args: argparse.Namespace) -> None:
     import sampling
 
-    sd = load(args)
+    check_folder(args.out, [args.image, args.model], args.overwrite)
     img = load_image(args.image, "image")
+    sd = load(args)
     size = working_size(img.width, img.height, args.size or sd.native_size)
     x = to_tensor(img, size)
     z0 = sampling.encode(sd, x)
     lat = sampling.reconstruct(sd, z0, args.prompt, guidance=args.guidance, steps=args.steps, progress=not args.quiet)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     source, recon = to_pil(x[0]), to_pil(sampling.decode(sd, lat)[0])
     vae_only = to_pil(sampling.decode(sd, z0)[0])
-    source.save(out / "source.png")
-    recon.save(out / "reconstruction.png")
-    print(f"PSNR reconstruction vs source: {psnr(recon, source):.2f} dB (VAE alone: {psnr(vae_only, source):.2f} dB)")
+    db = {"reconstruction": psnr(recon, source), "vae_only": psnr(vae_only, source)}
+    with staged_folder(args.out, args.overwrite) as tmp:
+        source.save(tmp / "source.png")
+        recon.save(tmp / "reconstruction.png")
+        record = {"specref": record_mark("reconstruct", ["source.png", "reconstruction.png"]), "psnr_db": db,
+                  "image": str(args.image), "prompt": args.prompt, "steps": args.steps, "guidance": args.guidance}
+        (tmp / "run.json").write_text(json.dumps(record, indent=2))
+    print(f"PSNR reconstruction vs source: {db['reconstruction']:.2f} dB (VAE alone: {db['vae_only']:.2f} dB)")
 
 
 def main(argv: list[str] | None = None) -> int:

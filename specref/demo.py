@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     sr = f"{round(10 * args.steps / 50)}-{args.steps}"
     model = ["--model", args.model, *SPEC_MASKS] if args.model else []
     extra = (["--dtype", args.dtype] if args.dtype else []) + (["--quiet"] if args.quiet else [])
-    common = ["edit", *files, *EDIT, "--steps", str(args.steps), "--sr-steps", sr, *model, *extra]
+    # the demo replaces its own previous output (only a folder that holds just what a specref run wrote)
+    common = ["edit", *files, *EDIT, "--steps", str(args.steps), "--sr-steps", sr, *model, *extra, "--overwrite"]
     seeing = [*(["--inspect", args.inspect] if args.inspect else []), *(["--trace", args.trace] if args.trace else [])]
     rc = cli_main([*common, "--out", args.out, *seeing])
     if rc == 0 and args.baseline:

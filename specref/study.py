@@ -16,7 +16,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -30,10 +29,11 @@ from tqdm.auto import tqdm
 
 from model import StableDiffusion
 
-from .cli import CHOICES, EDIT_FLAGS, build_parser, edit_inputs, write_run
+from .cli import CHOICES, EDIT_FLAGS, build_parser, edit_inputs, input_paths, write_run
 from .config import PRESETS, EditConfig
 from .images import load_image
 from .metrics import MARGIN, PeakMemory
+from .outputs import RECORD, OutputError, check_folder, output_files, record_mark, remove_stale, staged_folder
 from .pipeline import edit_stage, invert, prepare, stage1_key
 from .references import Reference
 
@@ -95,6 +95,8 @@ def parse_flag(name: str, value: object) -> object:
         if not isinstance(value, bool):
             raise ValueError(f"{attr} must be true or false, got {value!r}")
         return value
+    if attr == "overwrite":
+        raise ValueError("overwrite is set for the whole batch (a flag of the batch command), not per job")
     if attr == "metrics_margin":
         return int(value)
     if flag not in EDIT_FLAGS:
@@ -299,12 +301,13 @@ def _runtime(sd: StableDiffusion, runtime: dict | None) -> argparse.Namespace:
 def sweep(sd: StableDiffusion, source: object, reference: object, config: EditConfig | Callable[[dict], EditConfig],
           vary: dict[str, Sequence], *, zip: bool = False, reference_mask: object = None, source_mask: object = None,
           out: str | Path = "out/sweep", metrics_margin: int = MARGIN, progress: bool = True,
-          runtime: dict | argparse.Namespace | None = None, preset: str | None = None) -> StudyResult:
+          runtime: dict | argparse.Namespace | None = None, preset: str | None = None,
+          overwrite: bool = False) -> StudyResult:
     """One edit per combination of `vary` values ({flag or field name: values; strings are parsed as the flag's
     text}); one inversion per stage-1 group. Writes a folder per run, sheet.png and results.csv under `out`.
 
     `config` is the base EditConfig, or a function of the combination's {field: value} that returns one (the CLI's:
-    preset + flags).
+    preset + flags). `out` must be new or empty, or (with `overwrite`) a previous sweep (specref/outputs.py).
     """
     out = Path(out)
     rt = runtime if isinstance(runtime, argparse.Namespace) else _runtime(sd, runtime)
@@ -336,12 +339,16 @@ def sweep(sd: StableDiffusion, source: object, reference: object, config: EditCo
         except (ValueError, TypeError, SystemExit) as e:
             run.status, run.error = "failed", _error(e)
         runs.append(run)
-    out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(runs), desc="sweep", unit="run", disable=not progress)
-    inversions = execute(sd, runs, out, progress=False, bar=bar)
-    bar.close()
-    write_csv(out / "results.csv", [row(r, list(vary)) for r in runs])
-    contact_sheet(runs, list(vary), labels, combos, zip, source, reference, out).save(out / "sheet.png")
+    check_folder(out, [source, *(reference if isinstance(reference, (list, tuple)) else [reference]),
+                       reference_mask, source_mask], overwrite)
+    with staged_folder(out, overwrite) as tmp:
+        bar = tqdm(total=len(runs), desc="sweep", unit="run", disable=not progress)
+        inversions = execute(sd, runs, tmp, progress=False, bar=bar)
+        bar.close()
+        write_csv(tmp / "results.csv", [row(r, list(vary)) for r in runs])
+        contact_sheet(runs, list(vary), labels, combos, zip, source, reference, tmp).save(tmp / "sheet.png")
+        files = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        (tmp / RECORD).write_text(json.dumps({"specref": record_mark("sweep", files)}, indent=1))
     return StudyResult(runs, inversions, out)
 
 
@@ -391,6 +398,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     vary = parse_vary(args.vary)
     edit_inputs(args)  # the base flags must make an edit (prompts or preset, a reference or --no-reference)
+    check_folder(args.out, input_paths(args), args.overwrite)
 
     def config(over: dict) -> EditConfig:
         ns = copy.copy(args)
@@ -401,7 +409,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     sd = load(args)
     res = sweep(sd, args.source, None if args.no_reference else args.reference, config, vary, zip=args.zip,
                 reference_mask=args.reference_mask, source_mask=args.source_mask, out=args.out,
-                metrics_margin=args.metrics_margin, progress=not args.quiet, runtime=args, preset=args.preset)
+                metrics_margin=args.metrics_margin, progress=not args.quiet, runtime=args, preset=args.preset,
+                overwrite=args.overwrite)
     for r in res.failed:
         print(f"run {r.name} failed: {r.error}")
     print(f"wrote {res.out} ({len(res.runs)} runs, {res.inversions} inversion(s), {len(res.failed)} failed)")
@@ -432,7 +441,7 @@ def read_jobs(path: str | Path, runtime: argparse.Namespace) -> list[Run]:
                 raise ValueError("the job has no source")
             for key, value in job.items():
                 attr = attr_name(key)
-                if attr in ("model", "dtype", "device", "quiet", "save_tensors", "out"):
+                if attr in ("model", "dtype", "device", "quiet", "save_tensors", "out", "overwrite"):
                     raise ValueError(f"{key!r} is set for the whole batch (a flag of the batch command), not per job")
                 value = parse_flag(attr, value)
                 if attr in INPUTS and value is not None:
@@ -447,11 +456,32 @@ def read_jobs(path: str | Path, runtime: argparse.Namespace) -> list[Run]:
 
 
 def _done(folder: Path) -> dict | None:
-    """A finished job's run.json (folders appear only complete: written elsewhere and renamed)."""
+    """A finished job's run.json (folders appear only complete: written elsewhere and renamed); None if the folder
+    is not an edit output of specref."""
+    if output_files(folder) is None:
+        return None
     try:
-        return json.loads((folder / "run.json").read_text())
+        record = json.loads((folder / RECORD).read_text())
     except (OSError, ValueError):
         return None
+    return record if "settings" in record else None
+
+
+def check_batch_folder(out: Path, jobs: str | Path) -> None:
+    """A batch folder must be new or empty, or a previous batch folder (which resumes); never the job file's own
+    folder or one that holds it."""
+    if out.is_dir() and any(out.iterdir()) and not (out / RECORD).exists() and (out / "results.csv").exists():
+        return  # a batch folder of an older release: results.csv and job folders
+    if out.is_dir() and (out / RECORD).exists():
+        try:
+            mark = json.loads((out / RECORD).read_text()).get("specref", {})
+        except (OSError, ValueError, AttributeError):
+            mark = {}
+        if isinstance(mark, dict) and mark.get("command") == "batch":
+            if Path(jobs).resolve().parent == out.resolve() or out.resolve() in Path(jobs).resolve().parents:
+                raise OutputError(f"--out {out} holds the job file {jobs}: write the batch elsewhere")
+            return
+    check_folder(out, [jobs], flag="--out")
 
 
 def run_batch(sd: StableDiffusion | Callable[[], StableDiffusion], jobs: str | Path, out: str | Path = "out/batch",
@@ -461,19 +491,27 @@ def run_batch(sd: StableDiffusion | Callable[[], StableDiffusion], jobs: str | P
     every rank's results into results.csv (after `barrier`). `sd` may be a function that loads the model (then
     it is loaded only when a job needs it)."""
     out = Path(out)
+    check_batch_folder(out, jobs)
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / RECORD).exists():
+        (out / RECORD).write_text(json.dumps({"specref": {"command": "batch", "jobs": str(jobs)}}, indent=1))
     model = sd if isinstance(sd, StableDiffusion) else None
     if model is None and not isinstance(runtime, argparse.Namespace):
         raise ValueError("run_batch with a model loader needs runtime flags (model, dtype, device, save_tensors)")
     rt = runtime if isinstance(runtime, argparse.Namespace) else _runtime(model, runtime)
     all_runs = read_jobs(jobs, rt)
     mine = all_runs[rank::world]  # a deterministic split: job i goes to rank i % world
+    remove_stale(out)  # a killed run's temporary folders (only ones specref made)
     for run in mine:
-        for stale in out.glob(f".{run.name}-*"):  # a killed run's temporary folder
-            shutil.rmtree(stale, ignore_errors=True)
-        if run.status == "pending" and (rec := _done(out / run.name)) is not None:
+        folder = out / run.name
+        if run.status != "pending" or not (folder.exists() or folder.is_symlink()):
+            continue
+        if (rec := _done(folder)) is not None:
             run.status, run.record = "resumed", rec
             run.inversion = rec.get("study", {}).get("inversion")
+        else:
+            run.status, run.error = "failed", f"{folder} exists and is not an output of specref; it is not touched"
+
     pending = [r for r in mine if r.status == "pending"]
     bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=f"batch{f' rank {rank}' if world > 1 else ''}",
                unit="job", disable=not progress, position=rank if world > 1 else None)

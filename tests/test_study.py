@@ -139,7 +139,7 @@ def test_batch_resumes_after_a_crash(tiny_diffusers_dir, inputs, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         specref.run_batch(sd, jobs, out, progress=False, runtime=rt, on_done=crash_after_two)
     done = sorted(p.name for p in out.iterdir())
-    assert done == ["job-0001", "job-0002"]  # no temporary folder, no results.csv yet
+    assert done == ["job-0001", "job-0002", "run.json"]  # no temporary folder, no results.csv yet
     stamp = (out / "job-0001" / "run.json").stat().st_mtime_ns
     again = []
     res = specref.run_batch(sd, jobs, out, progress=False, runtime=rt, on_done=lambda r: again.append(r.name))
@@ -148,7 +148,7 @@ def test_batch_resumes_after_a_crash(tiny_diffusers_dir, inputs, tmp_path):
     rows = read_csv(out / "results.csv")
     assert [r["run"] for r in rows] == ["job-0001", "job-0002", "third"]
     assert all(r["region"] == "blend+8px" and r["region_area"] for r in rows) and {p.name for p in out.iterdir()} == {
-        "job-0001", "job-0002", "third", "results.csv"}
+        "job-0001", "job-0002", "third", "results.csv", "run.json"}
 
 
 def test_batch_bad_lines_fail_alone(tiny_diffusers_dir, inputs, tmp_path, capsys):
@@ -168,7 +168,7 @@ def test_batch_bad_lines_fail_alone(tiny_diffusers_dir, inputs, tmp_path, capsys
     assert "unknown edit flag 'colour'" in rows[2]["error"]
     assert "word 'lion' is not in the prompt" in rows[3]["error"]
     assert "JSONDecodeError" in rows[4]["error"]
-    assert sorted(p.name for p in out.iterdir()) == ["job-0001", "results.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["job-0001", "results.csv", "run.json"]
     # metrics: an independent computation on the saved images, outside the user's source mask
     run = json.loads((out / "job-0001" / "run.json").read_text())
     assert run["metrics"]["region"] == "source-mask"
@@ -257,7 +257,8 @@ def test_torchrun_two_ranks_equal_one_process(tiny_diffusers_dir, inputs, tmp_pa
     if two.returncode != 0 and "rendezvous" in two.stderr.lower() and not (tmp_path / "two").exists():
         pytest.skip(f"torchrun cannot start here: {two.stderr[-500:]}")
     assert two.returncode == 0, two.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["job-0001", "job-0002", "job-0003", "results.csv"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["job-0001", "job-0002", "job-0003", "results.csv",
+                                                                      "run.json"]
     r1, r2 = read_csv(tmp_path / "one" / "results.csv"), read_csv(tmp_path / "two" / "results.csv")
     same = ("run", "status", "error", "psnr_outside", "ssim_outside", "region_area", "region")
     assert [{k: r[k] for k in same} for r in r1] == [{k: r[k] for k in same} for r in r2]
