@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import specref  # noqa: E402
-from specref.inspect import write_inspection  # noqa: E402
+from specref.app.pictures import write_inspection  # noqa: E402
 import weights  # noqa: E402
 from weights import precision  # noqa: E402
 from weights.save import MODEL_INDEX, save_part  # noqa: E402
@@ -364,9 +364,8 @@ def bench_edit(folder: Path, args: argparse.Namespace) -> str:
 
 def child_sweep(folder: Path, dtype: torch.dtype, steps: int, size: str, k: int = 4) -> dict:
     """(Fresh process) a k-run stage-2-only sweep vs k separate edits (load + edit + write each), and a k-job batch."""
-    import argparse as ap
-
-    from specref.cli import write_run
+    from specref.app.jobs import EditJob, Runtime
+    from specref.app.outputs import write_edit
 
     (w, h), rng = parse_size(size), np.random.default_rng(0)
     tmp = Path(tempfile.mkdtemp(prefix="specref-bench-sweep-"))
@@ -378,9 +377,12 @@ def child_sweep(folder: Path, dtype: torch.dtype, steps: int, size: str, k: int 
     Image.fromarray(mask, "L").save(tmp / "mask.png")
     cfg = specref.PRESETS[PRESET].config(steps=steps, size=max(w, h))
     values = [0.3, 0.4, 0.5, 0.6][:k]
-    rt = ap.Namespace(model=str(folder), dtype=str(dtype).removeprefix("torch."), device="cpu", save_tensors=False,
-                      quiet=True, preset=PRESET, source=str(tmp / "img0.png"), reference_mask=str(tmp / "mask.png"),
-                      source_mask=None, metrics_margin=8)
+    rt = Runtime(model=str(folder), dtype=str(dtype).removeprefix("torch."), progress=False)
+    info = {"model": str(folder), "dtype": rt.dtype, "device": "cpu"}
+
+    def job(i: int, config: specref.EditConfig) -> EditJob:
+        return EditJob(tmp / f"img{i}.png", (specref.Reference(tmp / f"img{k}.png", tmp / "mask.png"),), config)
+
     t0 = time.perf_counter()
     sd = weights.load_model(folder, dtype=dtype)
     load = time.perf_counter() - t0
@@ -389,7 +391,7 @@ def child_sweep(folder: Path, dtype: torch.dtype, steps: int, size: str, k: int 
         t0 = time.perf_counter()
         res = specref.edit(sd, tmp / "img0.png", tmp / f"img{k}.png", cfg.replace(self_replace_steps=v),
                            reference_mask_file=tmp / "mask.png", progress=False)
-        write_run(tmp / f"edit{n}", rt, res, srcs[0], [specref.Reference(srcs[k])], 0)
+        write_edit(tmp / f"edit{n}", job(0, cfg.replace(self_replace_steps=v)), res, rt, info, 0)
         sep += time.perf_counter() - t0 + load
         loop_sep += res.timings["invert"] + res.timings["edit"]
     t0 = time.perf_counter()
@@ -406,7 +408,7 @@ def child_sweep(folder: Path, dtype: torch.dtype, steps: int, size: str, k: int 
         t1 = time.perf_counter()
         res = specref.edit(sd, tmp / f"img{i}.png", tmp / f"img{k}.png", cfg, reference_mask_file=tmp / "mask.png",
                            progress=False)
-        write_run(tmp / f"single{i}", rt, res, srcs[i], [specref.Reference(srcs[k])], 0)
+        write_edit(tmp / f"single{i}", job(i, cfg), res, rt, info, 0)
         single += time.perf_counter() - t1
     t0 = time.perf_counter()
     specref.run_batch(sd, tmp / "jobs.jsonl", tmp / "batch", progress=False, runtime=rt)

@@ -1,6 +1,6 @@
 """The main job on a fresh machine: a SpecRef edit with the embedded demo model, writing out/demo/summary.png.
 
-The demo itself is `python -m specref demo` (specref/demo.py, which also runs from an installed wheel); this
+The demo itself is `python -m specref demo` (specref/app/demo.py, which also runs from an installed wheel); this
 script keeps the repository's entry point (output under the repo's out/demo) and redraws the example's inputs
 with the scene code (`--write-example`).
 """
@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from specref.demo import EDIT, EXAMPLE, SPEC_MASKS, TOY_MAP_BLOCKS, parser, run  # noqa: E402,F401
+from specref.app.cli import main as cli_main  # noqa: E402
+from specref.app.demo import EDIT, EXAMPLE  # noqa: E402
 from toy_scenes import Scene, draw  # noqa: E402
 
 SOURCE = Scene("circle", "red", "plain", "gray")
@@ -33,14 +34,15 @@ def write_example(folder: Path = EXAMPLE) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo edit (`python -m specref demo` with OUT under the repo), or redraw the example inputs."""
-    p = parser(default_out=str(ROOT / "out" / "demo"), prog="scripts/demo.py")
-    p.add_argument("--write-example", action="store_true", help="(re)draw the example inputs, then exit")
-    args = p.parse_args(argv)
-    if args.write_example:
+    """Run the demo edit (`python -m specref demo`, OUT under the repo), or redraw the example inputs
+    (--write-example)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--write-example"]:
         print(f"wrote {write_example()}")
         return 0
-    return run(args)
+    if not any(a == "--out" or a.startswith("--out=") for a in argv):
+        argv += ["--out", str(ROOT / "out" / "demo")]
+    return cli_main(["demo", *argv])
 
 
 if __name__ == "__main__":

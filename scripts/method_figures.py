@@ -19,8 +19,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from PIL import Image  # noqa: E402
 
-from specref.cli import main as cli_main  # noqa: E402
-from specref.demo import EDIT, EXAMPLE  # noqa: E402
+from specref.app.cli import main as cli_main  # noqa: E402
+from specref.app.demo import EDIT, EXAMPLE  # noqa: E402
 
 # run name -> (extra edit flags, {file in the run's folders: name in docs/method})
 RUNS = {

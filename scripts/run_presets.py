@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specref.cli import main as cli_main  # noqa: E402
-from specref.config import PRESETS  # noqa: E402
+from specref.app.cli import main as cli_main  # noqa: E402
+from specref.presets import PRESETS  # noqa: E402
 
 
 def find(folder: Path, stem: str) -> Path | None:

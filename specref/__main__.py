@@ -1,11 +1,6 @@
-"""`python -m specref ...` (`demo` runs the shipped example: specref/demo.py)."""
+"""`python -m specref ...`: the command line (specref/app/cli.py)."""
 import sys
 
-if sys.argv[1:2] == ["demo"]:
-    from .demo import main as demo_main
-
-    sys.exit(demo_main(sys.argv[2:]))
-
-from .cli import main
+from .app.cli import main
 
 sys.exit(main())

@@ -32,7 +32,8 @@ def warn_if_small(img: Image.Image, what: str = "image") -> None:
     """Warn when an input image's short side is below MIN_SIDE pixels: it would be silently upscaled and edited."""
     if min(img.size) < MIN_SIDE:
         name = getattr(img, "filename", "")
-        warnings.warn(f"{what + ' ' + name if name else what} is only {img.width}x{img.height} px (below the {MIN_SIDE} px minimum side): it is "
+        warnings.warn(f"{what + ' ' + name if name else what} is only {img.width}x{img.height} px (below the "
+                      f"{MIN_SIDE} px minimum side): it is "
                       "upscaled to the working size, and the edit has little to work from", stacklevel=3)
 
 
@@ -47,7 +48,7 @@ def working_size(width: int, height: int, long_side: int = 512, multiple: int = 
 
 def to_tensor(img: Image.Image, size: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """PIL -> [1, 3, H, W] in [-1, 1] (float32, or float64 for the float64 mode), resized with an antialiased
-    filter (bicubic, SPEC §3)."""
+    filter (bicubic, §3)."""
     img = img.convert("RGB")
     if img.size != tuple(size):
         img = img.resize(size, Image.Resampling.BICUBIC)
@@ -56,7 +57,7 @@ def to_tensor(img: Image.Image, size: tuple[int, int], dtype: torch.dtype = torc
 
 
 def to_pil(x: torch.Tensor, size: tuple[int, int] | None = None) -> Image.Image:
-    """[3, H, W] (or [1,3,H,W]) in [-1, 1] -> PIL, rounded (not truncated, SPEC §3), optionally resized."""
+    """[3, H, W] (or [1,3,H,W]) in [-1, 1] -> PIL, rounded (not truncated, §3), optionally resized."""
     x = x.detach().cpu().reshape(-1, *x.shape[-2:])
     x = x if x.dtype == torch.float64 else x.float()  # the float64 mode rounds from float64
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()

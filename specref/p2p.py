@@ -1,18 +1,31 @@
-"""Prompt-to-Prompt cross-attention edits: Replace, Refine, Reweight, word-time alphas (SPEC §4.1)."""
+"""Prompt-to-Prompt (docs/spec.md §4.1): the cross-attention edits Replace, Refine and Reweight, word-time alphas,
+self-attention replacement, and the stored maps Local Blend and mask_t read.
+
+The pure functions build and apply the edits (hand-checked in tests/test_p2p.py); `P2PEdit` is the stage-2 part
+that applies them to the conditional target's maps, and `MapStore` keeps the maps after the edit.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from model.attention import AttnSite
+from model.precision import precise_dtype
 from model.tokenizer import CLIPTokenizer
-from specref.words import span_tokens, word_spans, word_token_indices
 
-Steps = float | tuple[float, float]
+from .blend import blend_start
+from .settings import BLEND_BLOCKS, EditConfig
+from .values import Steps
+from .words import span_tokens, word_spans, word_token_indices, word_vector
+
+SRC, TGT = 2, 3  # conditional source / target in the edit batch [u_src, u_tgt, c_src, c_tgt] (§4); TGT is last
 
 
-# ---------------------------------------------------------------- Replace (SPEC §4.1, fix of §4.2)
+# ---------------------------------------------------------------- Replace (§4.1, fix of §4.2)
 def _chunk_tokens(tok: CLIPTokenizer, prompt: str) -> list[tuple[str, list[int]]]:
     """(space-separated word, its 1-based token positions) for each word of the prompt."""
     enc = tok.encode(prompt)
@@ -20,7 +33,7 @@ def _chunk_tokens(tok: CLIPTokenizer, prompt: str) -> list[tuple[str, list[int]]
 
 
 def replace_mapper(tok: CLIPTokenizer, src_prompt: str, tgt_prompt: str, max_len: int = 77) -> torch.Tensor:
-    """Float [max_len, max_len] token mapper M with edit = A_src @ M (SPEC §4.1)."""
+    """Float [max_len, max_len] token mapper M with edit = A_src @ M (§4.1)."""
     src, tgt = _chunk_tokens(tok, src_prompt), _chunk_tokens(tok, tgt_prompt)
     if len(src) != len(tgt):
         raise ValueError(
@@ -39,7 +52,7 @@ def replace_mapper(tok: CLIPTokenizer, src_prompt: str, tgt_prompt: str, max_len
             for t in ti:
                 m[si, t] = 1.0 / len(ti)
         i, j = i + len(si), j + len(ti)
-    while i < max_len and j < max_len:  # <|endoftext|> and padding: i -> j (SPEC §4.2 fix)
+    while i < max_len and j < max_len:  # <|endoftext|> and padding: i -> j (§4.2 fix)
         m[i, j] = 1.0
         i, j = i + 1, j + 1
     return m
@@ -50,7 +63,7 @@ def edit_replace(a_src: torch.Tensor, mapper: torch.Tensor) -> torch.Tensor:
     return a_src @ mapper.to(a_src.dtype)
 
 
-# ---------------------------------------------------------------- Refine (SPEC §4.1)
+# ---------------------------------------------------------------- Refine (§4.1)
 LEFT, UP, DIAG, STOP = 1, 2, 3, 4
 
 
@@ -103,8 +116,9 @@ def _unpadded(tok: CLIPTokenizer, prompt: str) -> list[int]:
     return enc.ids[: len(enc.spans) + 2]
 
 
-def refine_mapper(tok: CLIPTokenizer, src_prompt: str, tgt_prompt: str, max_len: int = 77) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refine's (mapper, alphas) from the global alignment of the two prompts' tokens (SPEC §4.1)."""
+def refine_mapper(tok: CLIPTokenizer, src_prompt: str, tgt_prompt: str,
+                  max_len: int = 77) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refine's (mapper, alphas) from the global alignment of the two prompts' tokens (§4.1)."""
     return align_mapper(_unpadded(tok, src_prompt), _unpadded(tok, tgt_prompt), max_len)
 
 
@@ -114,7 +128,8 @@ def edit_refine(a_src: torch.Tensor, a_tgt: torch.Tensor, mapper: torch.Tensor, 
 
 
 # ---------------------------------------------------------------- Reweight and word-time alphas
-def reweight_equalizer(tok: CLIPTokenizer, prompt: str, words: Sequence[str], factors: Sequence[float], max_len: int = 77) -> torch.Tensor:
+def reweight_equalizer(tok: CLIPTokenizer, prompt: str, words: Sequence[str], factors: Sequence[float],
+                       max_len: int = 77) -> torch.Tensor:
     """Float [max_len]: ones, except `factors[k]` at the token columns of `words[k]` (one factor = all words)."""
     if len(factors) == 1:
         factors = list(factors) * len(words)
@@ -134,7 +149,8 @@ def _bounds(steps: Steps) -> tuple[float, float]:
     return float(s0), float(s1)
 
 
-def cross_replace_alpha(tok: CLIPTokenizer, tgt_prompt: str, num_steps: int, cross_replace_steps: Steps | dict, max_len: int = 77) -> torch.Tensor:
+def cross_replace_alpha(tok: CLIPTokenizer, tgt_prompt: str, num_steps: int, cross_replace_steps: Steps | dict,
+                        max_len: int = 77) -> torch.Tensor:
     """Float [N+1, max_len]: rows [int(s0*(N+1)), int(s1*(N+1))) are 1; dict: "default_" then per-word ranges."""
     spec = dict(cross_replace_steps) if isinstance(cross_replace_steps, dict) else {"default_": cross_replace_steps}
     rows = num_steps + 1
@@ -178,3 +194,103 @@ def edit_cross(
     if equalizer is not None:
         edited = edited * equalizer
     return edited * alpha_row + a_tgt * (1 - alpha_row)
+
+
+# ---------------------------------------------------------------- the stage-2 part (§4.1)
+@dataclass
+class P2PPlan:
+    """Prompt-to-Prompt settings resolved to tensors (§4.1, §4.3)."""
+
+    alpha: Tensor                                   # [N+1, 77] word-time weights of the cross-attention edit
+    self_range: tuple[int, int]                     # steps where the target takes the source's self-attention
+    replace: Tensor | None = None                   # Replace mapper [77, 77]
+    refine: tuple[Tensor, Tensor] | None = None     # Refine (mapper, alphas)
+    equalizer: Tensor | None = None                 # Reweight factors [77]
+    blend_words: Tensor | None = None               # [2, 77] 0/1, Local Blend words per prompt
+    substruct_words: Tensor | None = None           # [2, 77] 0/1
+    blend_th: tuple[float, float] = (0.3, 0.3)
+    blend_start: int = 10                           # first step index that blends
+    map_blocks: tuple[int, ...] = BLEND_BLOCKS      # cross-attention layers whose maps are stored (one map size)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "P2PPlan":
+        """Move every tensor to `device`; float tensors to `dtype` (the model's precise dtype)."""
+        def move(t: object) -> object:
+            if not isinstance(t, Tensor):
+                return t
+            return t.to(device, dtype) if t.is_floating_point() else t.to(device)
+
+        for f in ("alpha", "replace", "equalizer", "blend_words", "substruct_words"):
+            setattr(self, f, move(getattr(self, f)))
+        if self.refine is not None:
+            self.refine = (move(self.refine[0]), move(self.refine[1]))
+        return self
+
+
+def p2p_plan(cfg: EditConfig, tok: CLIPTokenizer) -> P2PPlan:
+    """Resolve the P2P settings to tensors (§4.1, §4.3); bad words raise here, before any work."""
+    src, tgt = cfg.source_prompt, cfg.target_prompt
+    plan = P2PPlan(alpha=cross_replace_alpha(tok, tgt, cfg.steps, cfg.cross_replace_steps),
+                   self_range=self_replace_range(cfg.self_replace_steps, cfg.steps),
+                   blend_th=tuple(cfg.blend_th), blend_start=blend_start(cfg.steps, cfg.start_blend),
+                   map_blocks=tuple(cfg.map_blocks))
+    if cfg.mode == "replace":
+        plan.replace = replace_mapper(tok, src, tgt)
+    else:
+        plan.refine = refine_mapper(tok, src, tgt)
+    if cfg.reweight:
+        plan.equalizer = reweight_equalizer(tok, tgt, [w for w, _ in cfg.reweight], [f for _, f in cfg.reweight])
+    for name in ("blend_words", "substruct_words"):
+        words = getattr(cfg, name)
+        if words is not None:
+            setattr(plan, name, torch.stack([word_vector(tok, src, words[0]), word_vector(tok, tgt, words[1])]))
+    for w in cfg.target_words:
+        word_token_indices(tok, tgt, w)
+    return plan
+
+
+class P2PEdit:
+    """Edits the conditional target's attention probabilities (§4.1): its cross-attention by the word-time alpha,
+    and its self-attention replaced by the source's in the self-replace steps, in layers of <= (latent/2)² pixels."""
+
+    def __init__(self, plan: P2PPlan, latent_hw: tuple[int, int]):
+        self.plan = plan
+        self.max_self_pixels = (latent_hw[0] // 2) * (latent_hw[1] // 2)  # "<= 32²" at a 64² latent
+
+    def replaces_self(self, site: AttnSite, step: int) -> bool:
+        """True where the target takes the source's self-attention."""
+        a, b = self.plan.self_range
+        return a <= step < b and site.height * site.width <= self.max_self_pixels
+
+    def needs_probs(self, site: AttnSite, step: int) -> bool:
+        """Whether this layer's probabilities are edited at this step."""
+        if site.kind == "cross":
+            return bool(self.plan.alpha[step].any())
+        return self.replaces_self(site, step)
+
+    def __call__(self, site: AttnSite, step: int, probs: Tensor) -> Tensor:
+        """probs [4, heads, Nq, Nk] of the batch [u_src, u_tgt, c_src, c_tgt]; only c_tgt changes."""
+        if site.kind == "self":
+            probs[TGT] = probs[SRC]  # the target takes the source's self-attention
+            return probs
+        p, dt = self.plan, precise_dtype(probs.dtype)  # the edit runs in float32 (as the published code) or float64
+        edited = edit_cross(probs[SRC].to(dt), probs[TGT].to(dt), p.alpha[step], p.replace, p.refine, p.equalizer)
+        probs[TGT] = edited.to(probs.dtype)
+        return probs
+
+
+class MapStore:
+    """The map blocks' cross-attention of the conditional source and target after the P2P edit (§4.1), heads
+    averaged, summed over layers and steps: what Local Blend (§4.3) and mask_t (§4.4) read."""
+
+    def __init__(self, map_blocks: tuple[int, ...]):
+        self.map_blocks = tuple(map_blocks)
+        self.sum: Tensor | None = None  # [2, h, w, 77]
+
+    def wants(self, site: AttnSite) -> bool:
+        """True for the cross-attention layers whose maps are stored."""
+        return site.kind == "cross" and site.block in self.map_blocks
+
+    def add(self, site: AttnSite, probs: Tensor) -> None:
+        """Add a map block's edited probabilities [4, heads, h*w, 77] to the sums."""
+        maps = probs[SRC:].to(precise_dtype(probs.dtype)).mean(1).reshape(2, site.height, site.width, -1)
+        self.sum = maps if self.sum is None else self.sum + maps

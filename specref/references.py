@@ -1,22 +1,21 @@
-"""References as users have them: several views of one object, one reference per target word, and mask_s
-found by the reference's own cross-attention during stage 1 (extends SPEC §3 and §4.4; all off by default).
+"""References as users have them (docs/spec.md §8): several views of one object, one reference per target word,
+and mask_s found by the reference's own cross-attention during stage 1. All off by default: one plain reference
+is exactly §3-§4.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
 
-from model.attention import AttentionHook, AttnSite
-from model.precision import precise_dtype
+from .masks import mask_t_from_maps
+from .words import find_word
 
-from .masks import _resize, mask_t_from_maps, resize_mask
-
-AUTO = "auto"  # a Reference's mask: found from the reference's cross-attention to its words (stage 1)
+AUTO = "auto"  # a Reference's mask: found from the reference's cross-attention to its words in stage 1 (§8.3)
 
 
 @dataclass(frozen=True)
@@ -24,19 +23,19 @@ class Reference:
     """A reference image, its object mask and the target words whose region takes it.
 
     mask: a mask image / file (white = object, or RGBA alpha), a bool array, None (the image's non-black /
-    alpha > 0 pixels, SPEC §4.4) or "auto". words: target-prompt words (`--for`); () = the edit's target words.
-    prompt / mask_words: the prompt it is inverted with and the words of that prompt an auto mask reads
-    (None: the config's reference_prompt / reference_words).
+    alpha > 0 pixels, §4.4) or "auto" (§8.3). target_words: target-prompt words whose own region takes this
+    reference (`--for`, §8.2); () = the edit's target words. prompt / auto_mask_words: the prompt it is inverted
+    with and the words of that prompt an auto mask reads (None: the config's reference_prompt / auto_mask_words).
     """
 
     image: str | Path | Image.Image
     mask: str | Path | Image.Image | np.ndarray | None = None
-    words: tuple[str, ...] = ()
+    target_words: tuple[str, ...] = ()
     prompt: str | None = None
-    mask_words: tuple[str, ...] | None = None
+    auto_mask_words: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("words", "mask_words"):
+        for name in ("target_words", "auto_mask_words"):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, (value,))
@@ -45,20 +44,42 @@ class Reference:
 
     @property
     def auto(self) -> bool:
-        """True if mask_s comes from the reference's cross-attention."""
+        """True if mask_s comes from the reference's cross-attention (§8.3)."""
         return isinstance(self.mask, str) and self.mask == AUTO
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """Earlier name of target_words."""
+        return self.target_words
+
+    @property
+    def mask_words(self) -> tuple[str, ...] | None:
+        """Earlier name of auto_mask_words."""
+        return self.auto_mask_words
+
+
+_REFERENCE_ALIASES = {"words": "target_words", "mask_words": "auto_mask_words"}
+_reference_init = Reference.__init__
+
+
+def _init_with_aliases(self: Reference, *args: Any, **kw: Any) -> None:
+    """Reference(words=..., mask_words=...) keeps working: earlier names map to the new ones."""
+    _reference_init(self, *args, **{_REFERENCE_ALIASES.get(k, k): v for k, v in kw.items()})
+
+
+Reference.__init__ = _init_with_aliases  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
-class Group:
-    """Target words whose own mask_t region takes the references `refs` (indices into the reference list)."""
+class WordGroup:
+    """Target words whose own mask_t region takes the references `refs` (indices into the reference list, §8.2)."""
 
     words: tuple[str, ...]
     refs: tuple[int, ...]
     tokens: list[int] | None = None     # target-prompt token positions of `words` (None: mask_t all ones)
 
 
-def as_references(reference, mask=None) -> list[Reference]:
+def as_references(reference: Any, mask: Any = None) -> list[Reference]:
     """The editor's `reference` argument as a list: one image (+ mask file) as before, a Reference, or a list."""
     if reference is None:
         return []
@@ -77,81 +98,74 @@ def as_references(reference, mask=None) -> list[Reference]:
     return [Reference(reference, mask)]
 
 
-def resolve_groups(cfg, refs: list[Reference]) -> tuple[tuple[str, ...], list[Group]]:
-    """(target words, groups). No `--for`: one group of every reference on the target words (SPEC §4.4).
-    Otherwise one group per distinct word binding; references bound to the same words are views of one object."""
-    if not any(r.words for r in refs):
-        return tuple(cfg.target_words), [Group(tuple(cfg.target_words), tuple(range(len(refs))))]
-    if not all(r.words for r in refs):
+def word_groups(target_words: tuple[str, ...], refs: list[Reference]) -> tuple[tuple[str, ...], list[WordGroup]]:
+    """(target words, groups). No `--for`: one group of every reference on the target words (§4.4). Otherwise one
+    group per distinct word binding (§8.2); references bound to the same words are views of one object (§8.1)."""
+    if not any(r.target_words for r in refs):
+        return tuple(target_words), [WordGroup(tuple(target_words), tuple(range(len(refs))))]
+    if not all(r.target_words for r in refs):
         raise ValueError("bind every reference to target words (--for WORD after each --reference) or none")
     groups: dict[tuple[str, ...], list[int]] = {}
     owner: dict[str, tuple[str, ...]] = {}
     for i, r in enumerate(refs):
-        if len(set(r.words)) != len(r.words):
-            raise ValueError(f"reference {i + 1} is bound to the same word twice: {', '.join(r.words)}")
-        for w in r.words:
-            if owner.setdefault(w, r.words) != r.words:
+        ws = r.target_words
+        if len(set(ws)) != len(ws):
+            raise ValueError(f"reference {i + 1} is bound to the same word twice: {', '.join(ws)}")
+        for w in ws:
+            if owner.setdefault(w, ws) != ws:
                 raise ValueError(f"target word {w!r} is bound twice, to '{','.join(owner[w])}' and "
-                                 f"'{','.join(r.words)}': a word can have one region; bind several views of one "
+                                 f"'{','.join(ws)}': a word can have one region; bind several views of one "
                                  f"object with the same --for words")
-        groups.setdefault(r.words, []).append(i)
+        groups.setdefault(ws, []).append(i)
     words = tuple(w for ws in groups for w in ws)
-    return words, [Group(ws, tuple(ix)) for ws, ix in groups.items()]
+    return words, [WordGroup(ws, tuple(ix)) for ws, ix in groups.items()]
 
 
-def stage1_extra(cfg, refs: list[Reference] | None) -> tuple:
+def stage1_extra(map_blocks: tuple[int, ...], refs: list[Reference] | None) -> tuple:
     """What stage 1 depends on in the references besides their images: () for one plain reference (so that
     stage1_key(cfg) is unchanged); else the count, each one's prompt override and auto flag, and the map blocks
     the auto masks read. Mask words and thresholds are stage 2: the inversion keeps every token's map."""
     if not refs or (len(refs) == 1 and refs[0].prompt is None and not refs[0].auto):
         return ()
-    auto = tuple(cfg.map_blocks) if any(r.auto for r in refs) else None
+    auto = tuple(map_blocks) if any(r.auto for r in refs) else None
     return (tuple((r.prompt, r.auto) for r in refs), auto)
 
 
 def auto_mask_s(maps: Tensor, tokens: list[int], hw: tuple[int, int], interp: str, thres: float,
                 name: str = "reference") -> np.ndarray:
-    """Bool [H, W] mask_s from a reference's summed cross-attention maps [h, w, 77]: its words' columns summed,
-    min-max normalised, resized and >= thres, as mask_t is (SPEC §4.4)."""
+    """Bool [H, W] mask_s from a reference's summed cross-attention maps [h, w, 77] (§8.3): its words' columns
+    summed, min-max normalised, resized and >= thres, as mask_t is (§4.4)."""
     try:
         return mask_t_from_maps(maps, tokens, hw, interp, thres).cpu().numpy()
     except ValueError as e:
-        raise ValueError(f"auto mask_s of {name} selects nothing ({e}): lower --reference-thres, use other "
-                         f"--reference-words, or give a mask file") from None
+        raise ValueError(f"auto mask_s of {name} selects nothing ({e}): lower --auto-mask-thres, use other "
+                         f"--auto-mask-words, or give a mask file") from None
 
 
-def word_masks(maps: list[Tensor], hw: tuple[int, int], interp: str, thres: float) -> list[Tensor]:
-    """mask_t of each word group (bool [H, W]) from its min-max normalised target map (masks.mask_t_map): resized
-    and >= thres, as SPEC §4.4's mask_t.
-
-    Overlap rule: a pixel in several groups' masks goes to the group whose normalised, resized map is largest
-    there (ties: the earlier group), so the masks are disjoint and Σ_j m_j <= 1.
-    """
-    masks = [resize_mask(m, hw, interp, thres) for m in maps]
-    if len(masks) == 1:
-        return masks
-    values = [_resize(m, hw, interp) for m in maps]
-    score = torch.stack([torch.where(m, v, torch.full_like(v, -torch.inf)) for m, v in zip(masks, values)])
-    winner = score.argmax(0)  # the first maximum on ties
-    return [m & (winner == j) for j, m in enumerate(masks)]
-
-
-class StageOneHook(AttentionHook):
-    """Stage 1's reader: the reference K/V keeper (`features`) and, for auto masks, the map blocks' cross-attention
-    maps of the reference elements (batch `indices`), heads averaged, summed over layers and inversion steps."""
-
-    def __init__(self, features: AttentionHook, map_blocks: tuple[int, ...], indices: list[int]):
-        self.features, self.map_blocks, self.indices = features, tuple(map_blocks), list(indices)
-        self.map_sum: Tensor | None = None  # [K, h, w, 77]
-
-    def on_qkv(self, site: AttnSite, step: int | None, q: Tensor, k: Tensor, v: Tensor) -> None:
-        self.features.on_qkv(site, step, q, k, v)
-
-    def needs_probs(self, site: AttnSite, step: int | None) -> bool:
-        return site.kind == "cross" and site.block in self.map_blocks
-
-    def edit_probs(self, site: AttnSite, step: int | None, probs: Tensor) -> Tensor:
-        maps = probs[self.indices].to(precise_dtype(probs.dtype)).mean(1)
-        maps = maps.reshape(len(self.indices), site.height, site.width, -1)
-        self.map_sum = maps if self.map_sum is None else self.map_sum + maps
-        return probs
+def check_references(cfg: Any, refs: list[Reference]) -> None:
+    """Everything about the references that needs no model (§8): word bindings, auto-mask words; one-line errors."""
+    if not cfg.use_reference or not refs:
+        return
+    target_words, groups = word_groups(cfg.target_words, refs)
+    for w in target_words if any(r.target_words for r in refs) else ():
+        try:
+            find_word(cfg.target_prompt, w)
+        except ValueError as e:
+            raise ValueError(f"--for: {e}") from None
+    if len(groups) > 1 and cfg.masks not in ("both", "t"):
+        raise ValueError("one reference per target word needs each word's mask_t: use --masks both or t")
+    names = ["reference"] if len(refs) == 1 else [f"reference {i + 1}" for i in range(len(refs))]
+    for r, name in zip(refs, names):
+        if not r.auto:
+            continue
+        words = cfg.auto_mask_words if r.auto_mask_words is None else r.auto_mask_words
+        prompt = cfg.reference_prompt if r.prompt is None else r.prompt
+        if not words:
+            raise ValueError(f"{name}: an auto mask needs its words (--auto-mask-words WORD, a word of "
+                             f"--reference-prompt, e.g. --reference-prompt 'a tiger' --auto-mask-words tiger)")
+        for w in words:
+            try:
+                find_word(prompt, w)
+            except ValueError as e:
+                raise ValueError(f"{name}: the auto mask reads the reference's cross-attention to its words, so "
+                                 f"give a --reference-prompt that contains {w!r} ({e})") from None

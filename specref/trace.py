@@ -1,14 +1,16 @@
-"""What an edit computes on the way (issue 17): a Recorder that observes stage 2, and the trace file.
+"""Seeing what an edit computes on the way: the observer interface of stage 2, the Recorder that keeps what it
+sees, and the trace file (README "Seeing inside an edit").
 
-The Recorder is an EditObserver: it only reads, so an edit is bit-identical with or without it. It keeps
-what is latent-sized per step (latents, noise predictions, masks) and sums what is attention-sized over
-the steps (SR-attn's change and reference mass per layer size), so memory stays bounded.
+An EditObserver only reads, so an edit is bit-identical with or without one. The Recorder keeps what is
+latent-sized per step (latents, noise predictions, masks) and sums what is attention-sized over the steps
+(SR-attn's change and reference mass per layer size), so memory stays bounded.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -16,7 +18,27 @@ from torch import Tensor
 import sampling
 from model.attention import AttnSite
 
-from .controller import EditObserver
+if TYPE_CHECKING:
+    from .pipeline import Step
+
+class EditObserver:
+    """Sees what stage 2 computes (`--inspect`, `--trace`); it only reads: the edit is the same with or without."""
+
+    def on_step(self, step: "Step") -> None:
+        """After each step's DDIM update and Local Blend."""
+
+    def wants_sr(self) -> bool:
+        """True to get on_sr calls (they cost an explicit pass over the reference keys)."""
+        return False
+
+    def on_sr(self, site: AttnSite, step: int, change: Tensor, ref_mass: Tensor) -> None:
+        """An SR-attn layer of the target: change [Nq] = mean |out - out_self| over channels per query pixel;
+        ref_mass [K, Nr] = the masked softmax's mass per reference key, summed over mask_t's queries."""
+
+    def on_finish(self, maps: Tensor | None) -> None:
+        """After the last step: the map blocks' maps [2, hm, wm, 77] (cond source, target), summed over steps."""
+
+
 
 # Trace keys and shapes (N steps, latent h x w, map blocks' hm x wm); README "Traces" documents them.
 TRACE_KEYS = ("edit_latents", "eps", "blend_mask", "mask_t", "maps_source", "maps_target", "source_inverted")
@@ -39,20 +61,20 @@ class Recorder(EditObserver):
         self.maps: Tensor | None = None              # [2, hm, wm, 77]
         self.sr_blocks: dict[tuple[int, int], set[int]] = {}  # layer (h, w) -> the SR blocks of that size
 
-    def on_step(self, step: int, t: int, x_in: Tensor, eps: Tensor, x_out: Tensor) -> None:
+    def on_step(self, step: "Step") -> None:
+        i = step.index
         if not self.latents:
-            self.latents.append(x_in.detach().clone())
-        self.latents.append(x_out.detach().clone())
-        self.eps.append(eps.detach().clone())
-        if step in self.x0_steps:  # with the guided eps, as the DDIM step uses it (SPEC §2)
-            e = sampling.guide(eps, self.guidance, x_in.shape[0])
-            self.x0[step] = self.ddim.predict_x0(x_in, e, self.ddim.alpha_bar(t))
-
-    def on_blend(self, step: int, mask: Tensor) -> None:
-        self.blend[step] = mask.detach().clone()
-
-    def on_mask_t(self, step: int, norm_map: Tensor, mask: Tensor) -> None:
-        self.mask_t[step], self.mask_t_map[step] = mask.detach().clone(), norm_map.detach().clone()
+            self.latents.append(step.x_in.detach().clone())
+        self.latents.append(step.x_out.detach().clone())
+        self.eps.append(step.eps.detach().clone())
+        if i in self.x0_steps:  # with the guided eps, as the DDIM step uses it (§2.4)
+            e = sampling.guide(step.eps, self.guidance, step.x_in.shape[0])
+            self.x0[i] = self.ddim.predict_x0(step.x_in, e, self.ddim.alpha_bar(step.t))
+        if step.blend_mask is not None:
+            self.blend[i] = step.blend_mask.detach().clone()
+        if step.mask_t is not None:  # the groups' maps as one picture: each pixel's largest normalised value
+            self.mask_t[i] = step.mask_t.union.detach().clone()
+            self.mask_t_map[i] = torch.stack(step.mask_t.maps).amax(0).detach().clone()
 
     def wants_sr(self) -> bool:
         return self.sr

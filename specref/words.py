@@ -1,4 +1,4 @@
-"""Words of a prompt -> CLIP token positions, from the tokenizer's character spans (SPEC §4.2)."""
+"""Words of a prompt -> CLIP token positions, from the tokenizer's character spans (§4.2)."""
 from __future__ import annotations
 
 import re
@@ -8,9 +8,9 @@ import torch
 
 from model.tokenizer import CLIPTokenizer, Encoding
 
-# A word is a maximal run of characters other than whitespace, ',' and '.' (SPEC §4.2, §6 note).
+# A word is a maximal run of characters other than whitespace, ',' and '.' (§4.2, §6 note).
 _WORD = re.compile(r"[^\s,.]+")
-# Replace's "space-separated words" (SPEC §4.1): maximal runs of non-whitespace.
+# Replace's "space-separated words" (§4.1): maximal runs of non-whitespace.
 _CHUNK = re.compile(r"\S+")
 
 
@@ -30,13 +30,20 @@ def span_tokens(enc: Encoding, start: int, end: int) -> list[int]:
     return [k + 1 for k, (s, e) in enumerate(enc.spans) if s < end and e > start]
 
 
-def word_token_indices(tok: CLIPTokenizer, prompt: str, word: str) -> list[int]:
-    """1-based token positions of every whole-word, case-insensitive occurrence of `word` in `prompt`."""
+def find_word(prompt: str, word: str) -> list[tuple[int, int]]:
+    """The character spans of every whole-word, case-insensitive occurrence of `word` in `prompt`; a clear error
+    when there is none (§4.2: never an empty selection)."""
     if not word or _WORD.fullmatch(word) is None:
         raise ValueError(f"{word!r} is not a single word (words are split on whitespace, ',' and '.')")
     places = [(s, e) for w, s, e in word_spans(prompt) if w.lower() == word.lower()]
     if not places:
         raise ValueError(f"word {word!r} is not in the prompt {prompt!r} (words: {words_of(prompt)})")
+    return places
+
+
+def word_token_indices(tok: CLIPTokenizer, prompt: str, word: str) -> list[int]:
+    """1-based token positions of every whole-word, case-insensitive occurrence of `word` in `prompt`."""
+    places = find_word(prompt, word)
     enc = tok.encode(prompt)
     last = enc.spans[-1][1] if enc.spans else 0
     out: list[int] = []

@@ -1,6 +1,7 @@
 """Shared fixtures: the seeded tiny SD v1 model as a diffusers folder and loaded by us."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,9 @@ if str(ROOT) not in sys.path:
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
-torch.set_num_threads(2)
+# 2 threads (the machine's cores); SPECREF_TEST_THREADS=1 while another job holds a core: oversubscribed threads
+# spin and run many times slower
+torch.set_num_threads(int(os.environ.get("SPECREF_TEST_THREADS", "2")))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from specref.cli import build_parser, edit_config, main
+from specref.app.cli import build_parser, edit_values, main
+from specref.app.jobs import make_job
 from tiny import write_inputs
 
 
@@ -51,14 +52,15 @@ def test_flags_override_preset():
     a = build_parser().parse_args(["edit", "--source", "s", "--reference", "r", "--preset", "dogshirt-bed",
                                    "--thres", "0.7", "--sr-layers", "12-16", "--blend-words", "board;mattress",
                                    "--masks", "s", "--steps", "25"])
-    cfg = edit_config(a)
+    cfg = make_job(*edit_values(a)).config
     assert (cfg.thres, cfg.sr_layers, cfg.blend_words, cfg.masks, cfg.steps) == (
         0.7, (12, 16), (("board",), ("mattress",)), "s", 25)
     assert cfg.sr_steps == (4, 25) and cfg.mode == "refine"  # preset's 8-50 of 50 steps scaled to 25
-    assert cfg.map_blocks == (4, 5, 7, 8, 9)  # SPEC §4.3's blocks unless asked
+    assert cfg.map_blocks is None  # the model's map blocks (§8.4), else §4.3's 4, 5, 7, 8, 9, unless asked
     for text, blocks in (("10-13", (10, 11, 12)), ("4,5,7,8,9", (4, 5, 7, 8, 9))):
-        a = build_parser().parse_args(["edit", "--source", "s", "--preset", "vase-vase", "--map-blocks", text])
-        assert edit_config(a).map_blocks == blocks
+        a = build_parser().parse_args(["edit", "--source", "s", "--reference", "r", "--preset", "vase-vase",
+                                       "--map-blocks", text])
+        assert make_job(*edit_values(a)).config.map_blocks == blocks
 
 
 def test_preset_list(capsys):
@@ -87,7 +89,7 @@ def test_two_references_one_per_word(tiny_diffusers_dir, inputs, tmp_path):
     (["--for", "tiger", "--reference", "r.png", "--reference-mask", "m.png", "--for", "tiger,mirror"],
      "'tiger' is bound twice"),
     (["--for", "tiger,tiger"], "same word twice"),
-    (["--reference", "r.png", "--reference-mask", "auto"], "auto mask needs reference words"),
+    (["--reference", "r.png", "--reference-mask", "auto"], "an auto mask needs its words"),
 ])
 def test_bad_references_leave_no_output(tiny_diffusers_dir, inputs, tmp_path, capsys, extra, match):
     out = tmp_path / "bad"

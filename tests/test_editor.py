@@ -1,4 +1,4 @@
-"""Editor properties on the seeded tiny model (SPEC §3-§4) and its bad-input errors."""
+"""Editor properties on the seeded tiny model (docs/spec.md §3-§4) and its bad-input errors."""
 from __future__ import annotations
 
 import dataclasses
@@ -34,6 +34,7 @@ class RecordingUNet(torch.nn.Module):
     def __init__(self, unet):
         super().__init__()
         self.inner, self.calls, self.conv_in = unet, [], unet.conv_in  # conv_in: sd.device/dtype read it
+        self.config = unet.config  # sd.native_size reads it
 
     def forward(self, x, t, ctx, step=None):
         self.calls.append((step, x.detach().clone()))
@@ -114,13 +115,13 @@ def test_feature_store_is_only_what_is_used(tiny_sd):
     (dict(target_words=("lion",)), "word 'lion' is not in the prompt"),
     (dict(blend_words=(("dog",), ("tiger",))), "word 'dog' is not in the prompt"),
     (dict(target_prompt="a tiger sitting next to the big mirror"), "same number of space-separated words"),
-    (dict(sr_steps=(2, N + 1)), "SR steps"),
-    (dict(sr_layers=(10, 17)), "SR layers"),
-    (dict(steps=0), "steps must be between 1 and 1000"),
+    (dict(sr_steps=(2, N + 1)), "--sr-steps 2-7 end after the last of 6 steps"),
+    (dict(sr_layers=(10, 17)), "--sr-layers 10-17 is out of bounds"),
+    (dict(steps=0), "--steps must be 1 to 999"),
     (dict(masks="t", target_words=()), "mask_t needs target words"),
     (dict(map_blocks=(4, 10)), "maps of different sizes"),
-    (dict(map_blocks=(16,)), "map_blocks must be cross-attention block indices"),
-    (dict(map_blocks=()), "map_blocks must be cross-attention block indices"),
+    (dict(map_blocks=(16,)), "--map-blocks must be cross-attention block indices"),
+    (dict(map_blocks=()), "--map-blocks must be block indices"),
     (dict(map_blocks=(10, 11, 12), sr_steps=(0, N)), "mask_t at SR step 0 needs a map"),
 ])
 def test_bad_settings_fail_before_work(tiny_sd, change, match):
@@ -158,13 +159,16 @@ def test_constant_mask_t_is_a_clear_error(tiny_sd):
 
 
 def test_presets_resolve_on_their_prompts(tiny_sd):
-    from specref.pipeline import p2p_plan, validate
+    from specref.inputs import check_model, model_defaults
+    from specref.p2p import p2p_plan
+    from specref.settings import complete, validate
 
     assert len(specref.PRESETS) == 8
     for name, preset in specref.PRESETS.items():
-        cfg = preset.config()
-        validate(cfg, tiny_sd)
-        plan = p2p_plan(cfg, tiny_sd)
+        cfg, _ = complete(preset.config(), model_defaults(tiny_sd))
+        validate(cfg)
+        check_model(cfg, tiny_sd)
+        plan = p2p_plan(cfg, tiny_sd.tokenizer)
         assert plan.blend_words is not None and plan.blend_words.sum() > 0, name
     assert specref.PRESETS["vase-zhi"].config(steps=10).sr_steps == (9, 10)
 

@@ -1,4 +1,4 @@
-"""Seeing inside an edit (issue 17): the Recorder changes nothing, the trace is true, compare_trace finds the
+"""Seeing inside an edit: the Recorder changes nothing, the trace is true, compare_trace finds the
 step where two edits part, the pictures are drawn; on the seeded tiny model."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from PIL import Image
 
 import sampling
 import specref
+import specref.app.cli
 import specref.blend
-import specref.cli
-import specref.controller
-from specref.inspect import mass_inside, write_inspection
+import specref.srattn
+from specref.app.pictures import mass_inside, write_inspection
 from specref.trace import Recorder, load_trace, save_trace
 from test_editor import CFG, N, REF, SRC, run
 from tiny import write_inputs
@@ -70,7 +70,7 @@ def test_trace_replays_step_by_step(inspected):
 
 def test_trace_mask_t_is_what_sr_attn_used(tiny_sd, monkeypatch):
     used = []
-    inner = specref.controller.blend_by_mask_t
+    inner = specref.srattn.blend_by_mask_t
 
     def spy(out_self, outs, masks_t):
         (mask_t,) = masks_t  # one reference group
@@ -78,7 +78,7 @@ def test_trace_mask_t_is_what_sr_attn_used(tiny_sd, monkeypatch):
             used.append(mask_t.clone())
         return inner(out_self, outs, masks_t)
 
-    monkeypatch.setattr(specref.controller, "blend_by_mask_t", spy)
+    monkeypatch.setattr(specref.srattn, "blend_by_mask_t", spy)
     res, rec = recorded(tiny_sd, sr=False)
     mt = rec.trace(res.latents["source_inverted"])["mask_t"]
     s0, s1 = CFG.sr_steps
@@ -136,7 +136,7 @@ def test_cli_inspect_and_trace(tiny_diffusers_dir, tmp_path):
 
     d = write_inputs(tmp_path / "in")
     out, insp, trace = tmp_path / "o", tmp_path / "insp", tmp_path / "t.safetensors"
-    assert specref.cli.main(args_for(d, tiny_diffusers_dir, out, "--save-tensors", "--inspect", str(insp),
+    assert specref.app.cli.main(args_for(d, tiny_diffusers_dir, out, "--save-tensors", "--inspect", str(insp),
                                      "--trace", str(trace))) == 0
     assert len(list(insp.glob("*.png"))) == 5
     tr, meta = load_trace(trace)

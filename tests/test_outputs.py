@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from specref.cli import main
+from specref.app.cli import main
 from tiny import write_inputs
 
 NO_MODEL = "/nonexistent/model"  # a model that cannot load: a refusal with the output's message came before loading

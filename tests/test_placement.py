@@ -1,4 +1,4 @@
-"""Device and dtype of every tensor the editor makes (issue 20), checked on CPU so the CUDA float16 path has no
+"""Device and dtype of every tensor the editor makes, checked on CPU so the CUDA float16 path has no
 surprise there: with the model in bfloat16, every tensor is on the model's device and in the model's dtype, except
 the deliberate float32 ones listed below with their reasons; nothing is created on the host by default where the
 model's device is meant; the kept reference K/V and the masks have the dtypes the code intends.
@@ -33,7 +33,7 @@ FLOAT32_SITES = {
     ("specref/images.py", "to_tensor"): "input images are read as float32 and cast when they enter the VAE",
     ("specref/images.py", "to_pil"): "outputs are rounded to 8 bits from float32",
     ("model/unet.py", "timestep_embedding"): "sinusoidal features of timesteps up to 999 need float32; cast after",
-    ("sampling/loops.py", "encode"): "latents are float32 (SPEC §2 scaling, then inversion in float32)",
+    ("sampling/loops.py", "encode"): "latents are float32 (§2.2 scaling, then inversion in float32)",
     ("sampling/loops.py", "decode"): "scaled latents are divided in float32, decoded images returned as float32",
     ("sampling/loops.py", "batch_eps"): "the UNet's eps is returned in float32 for the guidance and the DDIM update",
     ("sampling/loops.py", "guide"): "eps is combined for guidance in float32",
@@ -42,26 +42,29 @@ FLOAT32_SITES = {
     ("sampling/ddim.py", "predict_x0"): "the DDIM update runs in float32 (its x0 part)",
     ("sampling/ddim.py", "__init__"): "the noise schedule is float32",
     ("sampling/ddim.py", "alpha_bar"): "the noise schedule is float32 (read as a Python float)",
-    ("specref/pipeline.py", "prepare"): "input images are float32 (to_tensor)",
+    ("specref/inputs.py", "prepare"): "input images are float32 (to_tensor)",
     ("specref/pipeline.py", "invert"): "stage 1's latents are float32",
     ("specref/pipeline.py", "edit_stage"): "latents of the edit loop; mask_s as a 0/1 float map for resizing",
-    ("specref/pipeline.py", "p2p_plan"): _PLAN,
+    ("specref/p2p.py", "p2p_plan"): _PLAN,
     ("specref/words.py", "word_vector"): _PLAN,
     ("specref/p2p.py", "cross_replace_alpha"): _PLAN,
     ("specref/p2p.py", "replace_mapper"): _PLAN,
     ("specref/p2p.py", "reweight_equalizer"): _PLAN,
-    ("specref/controller.py", "to"): _PLAN,
-    ("specref/controller.py", "needs_probs"): _PLAN,
+    ("specref/p2p.py", "move"): _PLAN,
+    ("specref/p2p.py", "needs_probs"): _PLAN,
     ("specref/p2p.py", "edit_cross"): "the P2P cross-attention edit runs in float32, as the reference does",
     ("specref/p2p.py", "edit_replace"): "the P2P cross-attention edit runs in float32, as the reference does",
-    ("specref/controller.py", "edit_probs"): "the P2P edit and the stored word maps (map_sum) are float32",
-    ("specref/controller.py", "mask_t"): _MASKS,
-    ("specref/controller.py", "mask_s"): _MASKS,
-    ("specref/controller.py", "local_blend"): "Local Blend acts on the float32 latents",
+    ("specref/p2p.py", "__call__"): "the P2P edit of the maps runs in float32",
+    ("specref/p2p.py", "add"): "the stored word maps are float32",
+    ("specref/masks.py", "_at_step"): _MASKS,
+    ("specref/masks.py", "word_masks"): _MASKS,
+    ("specref/srattn.py", "mask_s_layer"): _MASKS,
+    ("specref/blend.py", "__call__"): "Local Blend acts on the float32 latents",
+    ("specref/pipeline.py", "denoise"): "the latents of the loop are float32",
     ("specref/blend.py", "local_blend_mask"): _MASKS,
     ("specref/blend.py", "_prompt_masks"): _MASKS,
     ("specref/blend.py", "apply_blend"): "Local Blend acts on the float32 latents",
-    ("specref/masks.py", "_resize"): _MASKS,
+    ("specref/masks.py", "resize_map"): _MASKS,
     ("specref/masks.py", "mask_t_from_maps"): _MASKS,
     ("specref/masks.py", "mask_t_map"): _MASKS,
 }
@@ -69,7 +72,7 @@ FLOAT32_SITES = {
 # the plan to float32 (float64 in that mode) on the model's device before it meets a map.
 FLOAT64_SITES = {("specref/p2p.py", "cross_replace_alpha"), ("specref/p2p.py", "replace_mapper"),
                  ("specref/p2p.py", "refine_mapper"), ("specref/p2p.py", "align_mapper"),
-                 ("specref/p2p.py", "reweight_equalizer"), ("specref/pipeline.py", "p2p_plan"),
+                 ("specref/p2p.py", "reweight_equalizer"), ("specref/p2p.py", "p2p_plan"),
                  ("specref/words.py", "word_vector")}
 # (file, function) that create a tensor without naming a device, so on the host whatever the model's device, and why
 # that is right.
@@ -85,8 +88,8 @@ HOST_SITES = {
 }
 
 # Host tensors that are moved (or read as Python numbers) before they meet the model's tensors: checked on CUDA only.
-HOST_OK = set(HOST_SITES) | {("specref/images.py", "to_pil"), ("specref/pipeline.py", "prepare"),
-                             ("specref/pipeline.py", "edit_stage"), ("specref/pipeline.py", "p2p_plan"),
+HOST_OK = set(HOST_SITES) | {("specref/images.py", "to_pil"), ("specref/inputs.py", "prepare"),
+                             ("specref/pipeline.py", "edit_stage"), ("specref/p2p.py", "p2p_plan"),
                              ("sampling/ddim.py", "alpha_bar")}
 
 
@@ -190,7 +193,8 @@ def test_kept_reference_kv_and_masks_have_the_intended_dtypes(recorded):
     sd, _, res, features, ctrl = recorded
     kept = {(k.dtype, v.dtype, k.device, v.device) for k, v in features.kv.values()}
     assert kept == {(sd.dtype, sd.dtype, sd.device, sd.device)}, kept  # feature_dtype None: the model's dtype
-    assert ctrl._mask_s and all(m.dtype == torch.bool for m in ctrl._mask_s.values())
-    assert ctrl._mask_t and all(m.dtype == torch.bool for ms in ctrl._mask_t.values() for m in ms)  # per group
-    assert ctrl.map_sum.dtype == torch.float32 and res.mask_t.dtype == torch.bool and res.mask_s.dtype == bool
+    assert ctrl.sr._mask_s_layer and all(m.dtype == torch.bool for m in ctrl.sr._mask_s_layer.values())
+    layers = ctrl.sr.mask_t._layers
+    assert layers and all(m.dtype == torch.bool for ms in layers.values() for m in ms)  # per group
+    assert ctrl.maps.sum.dtype == torch.float32 and res.mask_t.dtype == torch.bool and res.mask_s.dtype == bool
     assert all(v.dtype == torch.float32 for v in res.latents.values())

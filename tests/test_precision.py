@@ -101,7 +101,7 @@ def test_cli_says_what_was_chosen_and_why(tiny_diffusers_dir, tmp_path, monkeypa
     from test_cli import args_for
     from tiny import write_inputs
 
-    from specref.cli import main
+    from specref.app.cli import main
 
     monkeypatch.setattr(precision, "cpu_bf16_native", lambda: False)
     write_inputs(tmp_path, (64, 64))

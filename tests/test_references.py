@@ -1,4 +1,5 @@
-"""Issue 19: several references, one per target word, auto mask_s — hand-computed cases and tiny-model properties."""
+"""Several references, one per target word, auto mask_s (docs/spec.md §8) — hand-computed cases and tiny-model
+properties. Some tests use the earlier names (words=, reference_words, reference_thres) on purpose: they are aliases."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,13 +11,24 @@ from PIL import Image
 
 import specref
 from specref import Reference
-from specref.masks import mask_t_from_maps, mask_t_map
-from specref.pipeline import edit_stage, invert, prepare, stage1_key
-from specref.references import auto_mask_s, word_masks
-from specref.srattn import sr_attention, sr_attention_groups
+from specref.inputs import prepare
+from specref.masks import mask_t_from_maps, mask_t_map, word_masks
+from specref.pipeline import edit_stage, invert, stage1_key
+from specref.references import auto_mask_s
+from specref.srattn import ReferenceKeys, sr_attention
 from test_editor import CFG, MASK, REF, SRC, RecordingUNet
 
 g = torch.Generator().manual_seed(0)
+
+
+def sr_attention_groups(q, k, v, refs, masks_t, heads, fused=True):
+    return sr_attention(q, k, v, [ReferenceKeys(*r) for r in refs], masks_t, heads, fused)
+
+
+def sr_one(q, k, v, k_ref, v_ref, heads, mask_s, mask_t):
+    return sr_attention(q, k, v, [ReferenceKeys(k_ref, v_ref, mask_s)], [mask_t], heads)
+
+
 rand = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
 
 
@@ -31,17 +43,17 @@ def test_concatenated_keys_masked_softmax_by_hand():
     assert torch.allclose(out[0], (w / w.sum(-1, keepdim=True)) @ v[0], atol=1e-6)
     # the second reference fully masked out: the first one alone
     alone = sr_attention_groups(q, q, q, [(k, v, torch.cat([m1, torch.zeros(5, dtype=torch.bool)]))], [None], 1)
-    assert torch.allclose(alone, sr_attention(q, q, q, k1, v1, 1, m1, None), atol=1e-6)
+    assert torch.allclose(alone, sr_one(q, q, q, k1, v1, 1, m1, None), atol=1e-6)
     # the same reference twice with the same mask: the softmax over duplicated keys is the same
     dup = sr_attention_groups(q, q, q, [(torch.cat([k1, k1], 1), torch.cat([v1, v1], 1), torch.cat([m1, m1]))],
                               [None], 1)
-    assert torch.allclose(dup, sr_attention(q, q, q, k1, v1, 1, m1, None), atol=1e-6)
+    assert torch.allclose(dup, sr_one(q, q, q, k1, v1, 1, m1, None), atol=1e-6)
 
 
 def test_one_group_is_sr_attention_bit_for_bit():
     q, k, v, kr, vr = rand(1, 16, 8), rand(1, 16, 8), rand(1, 16, 8), rand(1, 12, 8), rand(1, 12, 8)
     ms, mt = torch.rand(12, generator=g) > 0.4, torch.rand(16, generator=g) > 0.5
-    assert torch.equal(sr_attention_groups(q, k, v, [(kr, vr, ms)], [mt], 2), sr_attention(q, k, v, kr, vr, 2, ms, mt))
+    assert torch.equal(sr_attention_groups(q, k, v, [(kr, vr, ms)], [mt], 2), sr_one(q, k, v, kr, vr, 2, ms, mt))
 
 
 def test_per_word_blend_by_hand():
@@ -66,13 +78,13 @@ def test_overlap_rule():
     maps[:, 1:3, 2] = 1.5         # word B: middle (normalised 0.75), overlaps A in column 1 ...
     maps[:, 1, 2] = 2.0           # ... where both normalised maps are 1.0: a tie
     maps[0, 1, 1] = 0.5           # row 0: A's normalised map is 0.5 < B's 1.0 -> B wins
-    norm = [mask_t_map(maps, [1]), mask_t_map(maps, [2])]  # each word's min-max normalised map (SPEC §4.4)
+    norm = [mask_t_map(maps, [1]), mask_t_map(maps, [2])]  # each word's min-max normalised map (§4.4)
     a, b = word_masks(norm, (4, 4), "nearest", 0.5)
     assert not bool((a & b).any())                                  # disjoint
     assert a[1:, 1].all() and not b[1:, 1].any()                   # a tie goes to the earlier word
     assert b[0, 1] and not a[0, 1]                                  # the larger normalised map wins
     assert a[:, 0].all() and b[:, 2].all() and not (a | b)[:, 3].any()  # disjoint parts stay each word's
-    # one word: exactly SPEC §4.4's mask_t
+    # one word: exactly §4.4's mask_t
     assert torch.equal(word_masks(norm[:1], (8, 8), "bilinear", 0.5)[0],
                        mask_t_from_maps(maps, [1], (8, 8), "bilinear", 0.5))
 
@@ -118,7 +130,7 @@ def test_auto_mask_reads_the_inversion(tiny_sd):
     sd = dataclasses.replace(tiny_sd, unet=rec)
     cfg = CFG.replace(reference_prompt="a tiger", reference_words=("tiger",), reference_thres=0.5)
     cfg, prep = prepare(sd, SRC, Reference(REF, mask="auto"), cfg)
-    assert prep.mask_s is None  # found in stage 1
+    assert prep.masks_s == [None]  # found in stage 1
     inv = invert(sd, prep, cfg, range(10, 16), range(1, CFG.steps), progress=False)
     r = edit_stage(sd, prep, inv, cfg, progress=False)
     assert len(rec.calls) == 2 * CFG.steps  # no extra model calls: N inversion + N edit
@@ -127,10 +139,10 @@ def test_auto_mask_reads_the_inversion(tiny_sd):
     # the mask that was used is the reference's maps of its word, min-max normalised, resized and thresholded
     m = r.mask_s
     assert m.shape == (128, 128) and m.dtype == bool and 0 < m.mean() < 1
-    assert np.array_equal(m, mask_t_from_maps(inv.reference_maps[0], prep.mask_tokens[0], (128, 128),
+    assert np.array_equal(m, mask_t_from_maps(inv.reference_maps[0], prep.auto_mask_tokens[0], (128, 128),
                                               cfg.interp, 0.5).numpy())
-    assert auto_mask_s(inv.reference_maps[0], prep.mask_tokens[0], (128, 128), cfg.interp, 0.2).sum() > m.sum()
-    with pytest.raises(ValueError, match="selects nothing.*lower --reference-thres"):
+    assert auto_mask_s(inv.reference_maps[0], prep.auto_mask_tokens[0], (128, 128), cfg.interp, 0.2).sum() > m.sum()
+    with pytest.raises(ValueError, match="selects nothing.*lower --auto-mask-thres"):
         auto_mask_s(torch.ones(4, 4, 77), [2], (128, 128), cfg.interp, 0.5)
 
 
@@ -144,7 +156,7 @@ def test_stage1_key(tiny_sd):
 
 
 @pytest.mark.parametrize("refs,change,match", [
-    ([Reference(REF, mask="auto")], {}, "auto mask needs reference words"),
+    ([Reference(REF, mask="auto")], {}, "an auto mask needs its words"),
     ([Reference(REF, mask="auto")], dict(reference_words=("tiger",)), "reference-prompt that contains 'tiger'"),
     ([Reference(REF, words="lion")], {}, "word 'lion' is not in the prompt"),
     ([Reference(REF, words=("tiger", "tiger"))], {}, "same word twice"),

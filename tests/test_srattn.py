@@ -1,4 +1,5 @@
-"""SR-attn math on hand-computed cases and the controller's layer/step/element ranges (SPEC §4.4)."""
+"""SR-attn math on hand-computed cases, the controller's layer/step/element ranges, and that the editor runs the one
+`sr_attention` (docs/spec.md §4.4)."""
 from __future__ import annotations
 
 import math
@@ -6,9 +7,19 @@ import math
 import pytest
 import torch
 
+import specref.srattn
 from model.attention import AttnSite, attention
-from specref.controller import EditController, P2PPlan, ReferenceFeatures, SRPlan
-from specref.srattn import sr_attention
+from specref.controller import EditController
+from specref.features import ReferenceFeatures
+from specref.masks import MaskT
+from specref.p2p import MapStore, P2PEdit, P2PPlan
+from specref.references import WordGroup
+from specref.srattn import ReferenceKeys, SRAttention
+
+
+def sr_attention(q, k, v, k_ref, v_ref, heads, mask_s, mask_t, fused=True):
+    """§4.4's SR-attn for one reference: the one function with one word group."""
+    return specref.srattn.sr_attention(q, k, v, [ReferenceKeys(k_ref, v_ref, mask_s)], [mask_t], heads, fused)
 
 
 def test_masked_softmax_hand_computed():
@@ -61,13 +72,38 @@ def make_controller(n=10):
     hw = (4, 4)
     feats.kv = {(b, s): (torch.randn(1, 16, 16), torch.randn(1, 16, 16)) for b in range(10, 16) for s in range(4, 8)}
     plan = P2PPlan(alpha=torch.zeros(n + 1, 77), self_range=(0, 0))
-    mask_s = torch.zeros(8, 8)
-    mask_s[2:6, 2:6] = 1
-    sr = SRPlan(feats, range(10, 16), range(4, 8), mask_s=mask_s, target_tokens=[2], thres=0.5, interp="nearest")
-    ctrl = EditController(plan, sr, latent_hw=(8, 8))
-    m = torch.rand(2, 2, 2, 77)
-    ctrl.map_sum = m
-    return ctrl, hw
+    mask_s = torch.zeros(1, 8, 8)
+    mask_s[0, 2:6, 2:6] = 1
+    maps = MapStore(plan.map_blocks)
+    maps.sum = torch.rand(2, 2, 2, 77)
+    mask_t = MaskT(maps, [[2]], (8, 8), "nearest", 0.5)
+    sr = SRAttention(feats, range(10, 16), range(4, 8), mask_s, [WordGroup(("w",), (0,), [2])], mask_t, "nearest", 0.5)
+    return EditController(P2PEdit(plan, (8, 8)), maps, sr), hw
+
+
+def test_the_controller_runs_sr_attention():
+    """The SR hook's output for the conditional target is sr_attention's, on the layer's masks; the rest is plain."""
+    ctrl, hw = make_controller()
+    q, k, v = (torch.randn(4, 16, 16) for _ in range(3))
+    site = AttnSite(12, "self", *hw, 2)
+    out = ctrl.replace_output(site, 5, q, k, v)
+    k_ref, v_ref = ctrl.sr.features.kv[(12, 5)]
+    mask_s = ctrl.sr.mask_s_layer(hw)[0]
+    mask_t = ctrl.sr.mask_t.at_layer(5, hw)[0]
+    assert mask_s.shape == (16,) and 0 < int(mask_s.sum()) < 16 and mask_t.shape == (16,)
+    want = sr_attention(q[3:], k[3:], v[3:], k_ref, v_ref, 2, mask_s, mask_t)
+    assert torch.equal(out[3:], want)
+    assert torch.equal(out[:3], attention(q[:3], k[:3], v[:3], 2))
+
+
+def test_changing_sr_attention_changes_what_the_controller_does(monkeypatch):
+    ctrl, hw = make_controller()
+    q, k, v = (torch.randn(4, 16, 16) for _ in range(3))
+    site = AttnSite(12, "self", *hw, 2)
+    before = ctrl.replace_output(site, 5, q, k, v)
+    monkeypatch.setattr(specref.srattn, "log_mask_bias", lambda m, dtype: torch.zeros(1, 1, 1, m.shape[-1]))
+    unmasked = ctrl.replace_output(site, 5, q, k, v)
+    assert torch.equal(unmasked[:3], before[:3]) and (unmasked[3] - before[3]).abs().max() > 1e-4
 
 
 def test_sr_only_in_its_layers_and_steps_and_only_on_the_conditional_target():
@@ -98,9 +134,9 @@ def test_reference_features_keep_only_used_layers_and_steps():
 @pytest.mark.parametrize("blocks,stored", [((4, 5, 7, 8, 9), (4, 5, 7, 8, 9)), ((10, 11, 12), (10, 11, 12))])
 def test_map_store_reads_only_map_blocks(blocks, stored):
     # Cross-attention probs of the four elements [u, u, c_src, c_tgt] at every block; the store keeps the head mean
-    # of the conditional pair's maps, summed over the chosen blocks only (the default is SPEC §4.3's 4, 5, 7, 8, 9).
+    # of the conditional pair's maps, summed over the chosen blocks only (the default is §4.3's 4, 5, 7, 8, 9).
     plan = P2PPlan(alpha=torch.zeros(3, 77), self_range=(0, 0), map_blocks=blocks)
-    ctrl = EditController(plan, None, latent_hw=(16, 16))
+    ctrl = EditController(P2PEdit(plan, (16, 16)), MapStore(blocks), None)
     sides = [16, 16, 8, 8, 4, 4, 2, 4, 4, 4, 8, 8, 8, 16, 16, 16]
     want = 0
     for block, side in enumerate(sides):
@@ -110,4 +146,4 @@ def test_map_store_reads_only_map_blocks(blocks, stored):
             probs = torch.rand(4, 2, side * side, 77)
             want = want + probs[2:].mean(1).reshape(2, side, side, 77)
             ctrl.edit_probs(site, 1, probs.clone())
-    assert torch.allclose(ctrl.map_sum, want)
+    assert torch.allclose(ctrl.maps.sum, want)

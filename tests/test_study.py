@@ -1,4 +1,4 @@
-"""Sweeps and batches (issue 18) on the seeded tiny model: runs equal `edit`, inversions are shared, batches resume,
+"""Sweeps and batches on the seeded tiny model: runs equal `edit`, inversions are shared, batches resume,
 bad jobs fail alone, torchrun's ranks give the single process's outputs."""
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import specref
-from specref.cli import main
-from specref.study import parse_flag, parse_vary, split_values
+from specref.app.cli import main
+from specref.app.sweep import parse_vary, split_values
+from specref.settings import parse_value as parse_flag
 from tiny import write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,9 @@ def test_vary_parsing():
     assert parse_flag("sr_steps", [4, 50]) == (4, 50) and parse_flag("blend_words", [["cat"], ["tiger"]]) == (
         ("cat",), ("tiger",))
     assert parse_flag("self-replace-steps", 0.6) == 0.6 and parse_flag("target_words", ["a", "b"]) == ("a", "b")
-    for bad, msg in ((("masks", "x"), "choose from"), (("sr_steps", "a-b"), "bad value"), (("colour", "1"), "unknown edit flag")):
+    for bad, msg in ((("masks", "x"), "--masks must be one of both, s, t, none"),
+                     (("sr_steps", "a-b"), "--sr-steps 'a-b'"), (("colour", "1"), "unknown setting 'colour'"),
+                     (("self_replace_steps", "nan"), "must be a fraction")):
         with pytest.raises(ValueError, match=msg):
             parse_flag(*bad)
     with pytest.raises(ValueError, match="NAME=V1"):
@@ -138,17 +141,30 @@ def test_batch_resumes_after_a_crash(tiny_diffusers_dir, inputs, tmp_path):
     sd = specref_sd(tiny_diffusers_dir)
     with pytest.raises(KeyboardInterrupt):
         specref.run_batch(sd, jobs, out, progress=False, runtime=rt, on_done=crash_after_two)
-    done = sorted(p.name for p in out.iterdir())
-    assert done == ["job-0001", "job-0002", "run.json"]  # no temporary folder, no results.csv yet
-    stamp = (out / "job-0001" / "run.json").stat().st_mtime_ns
+    first, second = seen
+    assert first.startswith("job-") and second.startswith("job-") and first != second  # named by content
+    assert sorted(p.name for p in out.iterdir()) == sorted([first, second, "results.csv", "run.json"])  # no temp
+    # results.csv is current with what finished when the batch was stopped
+    assert [(r["run"], r["status"]) for r in read_csv(out / "results.csv")] == [
+        (first, "done"), (second, "done"), ("third", "pending")]
+    stamp = (out / first / "run.json").stat().st_mtime_ns
     again = []
     res = specref.run_batch(sd, jobs, out, progress=False, runtime=rt, on_done=lambda r: again.append(r.name))
     assert again == ["third"] and [r.status for r in res.runs] == ["resumed", "resumed", "done"]
-    assert (out / "job-0001" / "run.json").stat().st_mtime_ns == stamp
+    assert (out / first / "run.json").stat().st_mtime_ns == stamp
     rows = read_csv(out / "results.csv")
-    assert [r["run"] for r in rows] == ["job-0001", "job-0002", "third"]
+    assert [r["run"] for r in rows] == [first, second, "third"]
     assert all(r["region"] == "blend+8px" and r["region_area"] for r in rows) and {p.name for p in out.iterdir()} == {
-        "job-0001", "job-0002", "third", "results.csv", "run.json"}
+        first, second, "third", "results.csv", "run.json"}
+    # a job inserted at the top and one changed: exactly those run; results.csv lists exactly the file's jobs
+    write_jobs(jobs, [{**GOOD, "thres": 0.3}, GOOD, {**GOOD, "self_replace_steps": 0.7},
+                      {**GOOD, "sr-steps": "2-3", "name": "third"}])
+    again.clear()
+    res = specref.run_batch(sd, jobs, out, progress=False, runtime=rt, on_done=lambda r: again.append(r.name))
+    assert [r.status for r in res.runs] == ["done", "resumed", "resumed", "done"]
+    assert [r.name for r in res.runs][1:3] == [first, second] and again == [res.runs[0].name, "third"]
+    assert json.loads((out / "third" / "run.json").read_text())["settings"]["sr_steps"] == [2, 3]
+    assert [r["run"] for r in read_csv(out / "results.csv")] == [r.name for r in res.runs]
 
 
 def test_batch_bad_lines_fail_alone(tiny_diffusers_dir, inputs, tmp_path, capsys):
@@ -165,14 +181,15 @@ def test_batch_bad_lines_fail_alone(tiny_diffusers_dir, inputs, tmp_path, capsys
     rows = read_csv(out / "results.csv")
     assert [r["status"] for r in rows] == ["done", "failed", "failed", "failed", "failed"]
     assert "source file" in rows[1]["error"] and "does not exist" in rows[1]["error"]
-    assert "unknown edit flag 'colour'" in rows[2]["error"]
+    assert "unknown setting 'colour'" in rows[2]["error"]
     assert "word 'lion' is not in the prompt" in rows[3]["error"]
     assert "JSONDecodeError" in rows[4]["error"]
-    assert sorted(p.name for p in out.iterdir()) == ["job-0001", "results.csv", "run.json"]
+    job = rows[0]["run"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([job, "results.csv", "run.json"])
     # metrics: an independent computation on the saved images, outside the user's source mask
-    run = json.loads((out / "job-0001" / "run.json").read_text())
+    run = json.loads((out / job / "run.json").read_text())
     assert run["metrics"]["region"] == "source-mask"
-    check_metrics(inputs / "s.png", out / "job-0001")
+    check_metrics(inputs / "s.png", out / job)
     assert "4 failed" in capsys.readouterr().out
 
 
@@ -204,7 +221,7 @@ def test_metrics_outside_a_blend_region(inputs, tmp_path):
     """The Local Blend region: upsampled from the latent, dilated by the margin, resized to the output size."""
     import torch
 
-    from specref.metrics import background_metrics, edit_region
+    from specref.app.metrics import background_metrics, edit_region
 
     blend = torch.zeros(12, 16)
     blend[4:8, 6:10] = 1
@@ -230,7 +247,7 @@ def test_metrics_outside_a_blend_region(inputs, tmp_path):
 
 def test_ssim_hand_computed():
     """Flat images: SSIM = (2ab + C1) / (a² + b² + C1) everywhere (no variance); equal images: 1."""
-    from specref.metrics import gaussian_window, ssim_map
+    from specref.app.metrics import gaussian_window, ssim_map
 
     a, b, c1 = 100.0, 120.0, (0.01 * 255) ** 2
     s = ssim_map(np.full((20, 30, 3), a), np.full((20, 30, 3), b))
@@ -257,12 +274,12 @@ def test_torchrun_two_ranks_equal_one_process(tiny_diffusers_dir, inputs, tmp_pa
     if two.returncode != 0 and "rendezvous" in two.stderr.lower() and not (tmp_path / "two").exists():
         pytest.skip(f"torchrun cannot start here: {two.stderr[-500:]}")
     assert two.returncode == 0, two.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["job-0001", "job-0002", "job-0003", "results.csv",
-                                                                      "run.json"]
     r1, r2 = read_csv(tmp_path / "one" / "results.csv"), read_csv(tmp_path / "two" / "results.csv")
+    names = [r["run"] for r in r1]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(names + ["results.csv", "run.json"])
     same = ("run", "status", "error", "psnr_outside", "ssim_outside", "region_area", "region")
     assert [{k: r[k] for k in same} for r in r1] == [{k: r[k] for k in same} for r in r2]
-    for job in ("job-0001", "job-0002", "job-0003"):
+    for job in names:
         for name in ("edit.png", "reconstruction.png", "mask_t.png"):
             a, b = (np.asarray(Image.open(tmp_path / d / job / name)) for d in ("one", "two"))
             assert np.array_equal(a, b), (job, name)

@@ -82,7 +82,7 @@ def test_demo_gives_other_models_the_editors_mask_settings():
 
 
 def test_cli_sample_and_reconstruct_use_the_native_size(tmp_path, capsys):
-    from specref.cli import main
+    from specref.app.cli import main
     assert main(["sample", "--prompt", "a red circle", "--steps", "3", "--out", str(tmp_path / "s.png"), "--quiet"]) == 0
     assert Image.open(tmp_path / "s.png").size == (128, 128)
     assert main(["reconstruct", "--image", str(demo.EXAMPLE / "source.png"), "--prompt", "a red circle on a gray "

@@ -1,4 +1,4 @@
-"""Pictures of what an edit computes (issue 17, `--inspect DIR`): one function per picture, from a Recorder.
+"""Pictures of what an edit computes (`--inspect DIR`): one function per picture, from a specref.trace.Recorder.
 
 - cross_attention_picture: one tile per prompt token, the map blocks' maps summed over the steps (P2P's
   `show_cross_attention` layout: the token under its tile).
@@ -17,8 +17,8 @@ from torch import Tensor
 import sampling
 from model import CLIPTokenizer, StableDiffusion
 
-from .images import to_pil
-from .trace import Recorder
+from ..images import to_pil
+from ..trace import Recorder
 
 TILE = 128      # tile side in pixels
 LABEL = 16      # label strip height
@@ -73,7 +73,8 @@ def labelled_grid(rows: list[list[Image.Image]], labels: list[list[str]], row_ti
         for c, (tile, name) in enumerate(zip(tiles, names)):
             x = left + c * (tw + 4)
             sheet.paste(tile, (x, y))
-            text = name if f.getlength(name) <= tw else name[: max(1, int(len(name) * tw / f.getlength(name)) - 1)] + "…"
+            keep = max(1, int(len(name) * tw / f.getlength(name)) - 1)
+            text = name if f.getlength(name) <= tw else name[:keep] + "…"
             draw.text((x + (tw - f.getlength(text)) / 2, y + th + 1), text, fill="black", font=f)
     return sheet
 

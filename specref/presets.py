@@ -1,65 +1,46 @@
-"""Edit settings (SPEC §4) and the eight reference presets (SPEC §6), as data."""
+"""The eight presets of docs/spec.md §6, and how a preset and the given settings make one EditConfig (§7:
+flag > preset > model > built-in default)."""
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
-Steps = float | tuple[float, float]
-# SPEC §4.3: the cross-attention layers Local Blend and mask_t read, the latent/4 level (16² maps at 512²).
-# A model whose words find their objects at another level (measured for the demo model) can name other blocks.
-BLEND_BLOCKS = (4, 5, 7, 8, 9)
-
-
-@dataclass(frozen=True)
-class EditConfig:
-    """Every setting of one edit. Step ranges are step indices [start, end) of `steps`."""
-
-    source_prompt: str
-    target_prompt: str
-    target_words: tuple[str, ...] = ()                  # words of the target prompt that define mask_t (SPEC §4.4)
-    mode: Literal["replace", "refine"] = "refine"       # P2P edit (SPEC §4.1)
-    cross_replace_steps: Steps | dict = 0.8
-    self_replace_steps: Steps = 0.5
-    reweight: tuple[tuple[str, float], ...] = ()        # (target word, factor) pairs
-    blend_words: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (source words, target words)
-    substruct_words: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-    blend_th: tuple[float, float] = (0.3, 0.3)
-    start_blend: float = 0.2
-    map_blocks: tuple[int, ...] = BLEND_BLOCKS          # cross-attention maps Local Blend and mask_t read
-    thres: float = 0.5                                  # SR-attn mask threshold
-    sr_steps: tuple[int, int] = (4, 50)
-    sr_layers: tuple[int, int] = (10, 16)               # SPEC §2 block indices [l0, l1)
-    masks: Literal["both", "s", "t", "none"] = "both"   # ablations (SPEC §4.4)
-    interp: Literal["nearest", "bilinear"] = "bilinear"
-    use_reference: bool = True                          # False: the P2P baseline (no SR-attn)
-    reference_prompt: str = ""
-    reference_words: tuple[str, ...] = ()              # reference-prompt words an auto mask_s reads (issue 19)
-    reference_thres: float = 0.5                        # threshold of the normalised auto mask_s map
-    steps: int = 50
-    guidance: float = 7.5
-    inversion_guidance: float = 1.0
-    size: int | None = None                             # working long side, a multiple of 64 (None: the model's native size)
-    feature_dtype: str | None = None                    # dtype of the kept reference K/V (None: the model's)
-
-    def replace(self, **changes) -> "EditConfig":
-        """A copy with some settings changed."""
-        return dataclasses.replace(self, **changes)
+from .settings import SETTINGS, EditConfig, canonical, flag, scaled
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A SPEC §6 row; its step ranges are for 50 steps (scaled by N/50 for other step counts)."""
+    """A §6 row; its SR steps are for 50 steps (scaled by N/50 for other step counts)."""
 
     name: str
     settings: dict = field(default_factory=dict)
 
-    def config(self, steps: int = 50, **overrides) -> EditConfig:
+    def config(self, steps: int = 50, **overrides: Any) -> EditConfig:
         """The preset as an EditConfig for `steps` steps; explicit overrides win."""
         s = dict(self.settings)
         if steps != 50 and "sr_steps" in s:
-            s["sr_steps"] = tuple(round(v * steps / 50) for v in s["sr_steps"])
+            s["sr_steps"] = scaled(s["sr_steps"], steps)
         return EditConfig(steps=steps, **{**s, **overrides})
+
+
+def resolve(given: Mapping[str, Any], preset: str | None = None) -> tuple[EditConfig, dict[str, str]]:
+    """Flags over the preset over the defaults (§7): the config and each given setting's source (flag / preset)."""
+    given = {canonical(k): v for k, v in given.items()}
+    unknown = sorted(set(given) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown} (settings: {', '.join(SETTINGS)})")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        settings = {k: v for k, v in given.items() if k != "steps"}
+        cfg = PRESETS[preset].config(steps=given.get("steps", 50), **settings)
+        sources = {k: "preset" for k in PRESETS[preset].settings} | {k: "flag" for k in given}
+        return cfg, sources
+    missing = [flag(k) for k in ("source_prompt", "target_prompt") if k not in given]
+    if missing:
+        raise ValueError(f"give --preset or {' and '.join(missing)}")
+    return EditConfig(**given), {k: "flag" for k in given}
 
 
 _MIRROR_SRC = "a cat sitting next to a mirror"

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .images import load_image
-from .masks import read_mask
+from ..images import load_image
+from ..masks import read_mask
 
 MARGIN = 8  # default dilation of the Local Blend region, in working-size pixels (one latent cell)
 
@@ -89,7 +89,8 @@ def edit_region(size: tuple[int, int], working_size: tuple[int, int], blend_mask
     region, upsampled to the working size and dilated by `margin` working pixels; without either, None.
     """
     if source_mask is not None:
-        m = read_mask(load_image(source_mask, "source mask") if not isinstance(source_mask, Image.Image) else source_mask)
+        image = source_mask if isinstance(source_mask, Image.Image) else load_image(source_mask, "source mask")
+        m = read_mask(image)
         return np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) > 0, "source-mask"
     if blend_mask is None:
         return None, "none"
