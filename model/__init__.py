@@ -1,4 +1,4 @@
-"""The SD v1 model stack: tokenizer, text encoder, VAE, UNet (SPEC §2)."""
+"""The SD 1.x / 2.x model stack: tokenizer, text encoder, VAE, UNet (SPEC §2, §9)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,13 +15,18 @@ from .vae import VAE, VAEConfig
 
 __all__ = [
     "AttentionHook", "AttnSite", "attention", "attention_probs", "CLIPTextConfig", "CLIPTextEncoder",
-    "CLIPTokenizer", "UNet", "UNetConfig", "VAE", "VAEConfig", "StableDiffusion", "precise_dtype",
+    "CLIPTokenizer", "UNet", "UNetConfig", "VAE", "VAEConfig", "StableDiffusion", "precise_dtype", "FAMILIES",
+    "PREDICTION_TYPES",
 ]
+
+FAMILIES = ("sd1", "sd2")  # sd2: OpenCLIP ViT-H text encoder, SPEC §9
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the UNet predicts, SPEC §9.4
 
 
 @dataclass
 class StableDiffusion:
-    """A loaded SD v1 model: the four parts, the latent scaling factor and where it came from."""
+    """A loaded SD 1.x / 2.x model: the four parts, the latent scaling factor, where it came from, its family
+    ("sd1" | "sd2") and what its UNet predicts ("epsilon" | "v_prediction", SPEC §9.4)."""
 
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextEncoder
@@ -31,6 +36,14 @@ class StableDiffusion:
     scheduler_config: dict | None = None  # a diffusers scheduler_config.json, when the source has one
     source: str = ""
     extra: dict = field(default_factory=dict)
+    family: str = "sd1"
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
 
     @property
     def device(self) -> torch.device:
@@ -47,7 +60,7 @@ class StableDiffusion:
 
     @property
     def native_size(self) -> int:
-        """The image side the UNet was trained at: sample_size x the VAE factor (SD v1: 64 x 8 = 512)."""
+        """The image side the UNet was trained at: sample_size x the VAE factor (SD v1: 64 x 8 = 512; 2.x-v: 768)."""
         return self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @torch.no_grad()

@@ -114,10 +114,14 @@ class AttentionHook:
 class Attention(nn.Module):
     """A UNet attention layer (diffusers names: to_q, to_k, to_v, to_out.0)."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int | None = None, block: int = -1, kind: Kind = "self"):
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, block: int = -1, kind: Kind = "self",
+                 upcast: bool = False):
         super().__init__()
         ctx = context_dim or dim
         self.heads, self.block, self.kind = heads, block, kind
+        # SPEC §9.3: SD 2.1-768 (upcast_attention) computes attention in float32 even in half precision, where its
+        # scores overflow float16; a no-op for a float32/float64 model.
+        self.upcast = upcast
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(ctx, dim, bias=False)
         self.to_v = nn.Linear(ctx, dim, bias=False)
@@ -129,9 +133,17 @@ class Attention(nn.Module):
         """x [B, H*W, C]; context [B, 77, D] for cross-attention."""
         src = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(src), self.to_v(src)
+        dtype = q.dtype
+        if self.upcast and dtype in (torch.float16, torch.bfloat16):
+            # Hooks then see float32 q/k/v too, so that their own attention (SR-attn) is upcast as well.
+            q, k, v = q.float(), k.float(), v.float()
+        return self.to_out[0](self._attend(q, k, v, hw, step).to(dtype))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, hw: tuple[int, int], step: int | None) -> Tensor:
+        """The attention output [B, Nq, C] before the output projection, through the hook if one is set."""
         hook = self.hook
         if hook is None:
-            return self.to_out[0](attention(q, k, v, self.heads, fused=self.fused))
+            return attention(q, k, v, self.heads, fused=self.fused)
         site = AttnSite(self.block, self.kind, hw[0], hw[1], self.heads)
         hook.on_qkv(site, step, q, k, v)
         out = hook.replace_output(site, step, q, k, v)
@@ -142,4 +154,4 @@ class Attention(nn.Module):
             out = merge_heads(probs.to(v.dtype) @ split_heads(v, self.heads))
         elif out is None:
             out = attention(q, k, v, self.heads, fused=self.fused)
-        return self.to_out[0](out)
+        return out

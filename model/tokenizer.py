@@ -2,6 +2,8 @@
 
 Same pipeline as OpenAI CLIP: NFC, collapse whitespace, lower-case, split with CLIP's regex,
 byte-level BPE with '</w>' word ends, then <|startoftext|> ... <|endoftext|> padded to 77.
+SD 1 pads with <|endoftext|>; SD 2 pads with "!" (id 0), the convention of its OpenCLIP tokenizer (SPEC §9.2):
+the pad token is read from a tokenizer folder's configs.
 Each token also carries its character span in the prompt (SPEC §4.2 needs word -> tokens).
 """
 from __future__ import annotations
@@ -17,6 +19,10 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 # OpenAI CLIP's vocabulary (MIT licence, see model/data/NOTICE).
 BUNDLED_VOCAB = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# SPEC §9.2: SD 2's released tokenizer pads with "!" (id 0), as open_clip.tokenize (SD 2's training) pads with 0.
+# A "!" in a prompt stays text ("!</w>", "!!</w>", ...) as in open_clip; transformers' CLIPTokenizer instead splits
+# its pad token out of the text as a special token (id 0), a known difference from open_clip not copied here.
+SD2_PAD = "!"
 # CLIP's split pattern (text is lower-cased first, so case-insensitivity is moot).
 _PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
@@ -55,7 +61,8 @@ class Encoding:
 class CLIPTokenizer:
     """Callable: list of prompts -> LongTensor [B, max_length]."""
 
-    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], max_length: int = 77):
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], max_length: int = 77,
+                 pad_token: str = EOS):
         bpe = models.BPE(vocab=vocab, merges=merges, unk_token=EOS, end_of_word_suffix="</w>", fuse_unk=False)
         tok = Tokenizer(bpe)
         tok.normalizer = normalizers.Sequence(
@@ -68,12 +75,15 @@ class CLIPTokenizer:
         self._tok = tok
         self.max_length = max_length
         self.bos_id, self.eos_id = vocab[BOS], vocab[EOS]
+        if pad_token not in vocab:
+            raise ValueError(f"pad token {pad_token!r} is not in the vocabulary")
+        self.pad_token, self.pad_id = pad_token, vocab[pad_token]
         self.vocab_size = len(vocab)
 
     @classmethod
-    def bundled(cls) -> "CLIPTokenizer":
-        """The tokenizer from the bundled CLIP vocabulary."""
-        return cls(*_vocab_from_bpe_file(BUNDLED_VOCAB))
+    def bundled(cls, pad_token: str = EOS) -> "CLIPTokenizer":
+        """The tokenizer from the bundled CLIP vocabulary (pad_token "!" for SD 2, SPEC §9.2)."""
+        return cls(*_vocab_from_bpe_file(BUNDLED_VOCAB), pad_token=pad_token)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "CLIPTokenizer":
@@ -86,17 +96,17 @@ class CLIPTokenizer:
         cfg = folder / "tokenizer_config.json"
         if cfg.exists():
             max_length = min(int(json.loads(cfg.read_text()).get("model_max_length", 77)), 77)
-        return cls(vocab, merges, max_length)
+        return cls(vocab, merges, max_length, pad_token_of(folder))
 
     def encode(self, prompt: str) -> Encoding:
-        """Token ids padded with <|endoftext|> to max_length, plus character spans."""
+        """Token ids padded with the pad token to max_length, plus character spans."""
         enc = self._tok.encode(prompt, add_special_tokens=False)
         ids, spans = list(enc.ids), list(enc.offsets)
         room = self.max_length - 2
         truncated = len(ids) > room
         ids, spans = ids[:room], spans[:room]
         full = [self.bos_id] + ids + [self.eos_id]
-        full += [self.eos_id] * (self.max_length - len(full))
+        full += [self.pad_id] * (self.max_length - len(full))
         return Encoding(full, [tuple(s) for s in spans], truncated)
 
     def __call__(self, prompts: list[str] | str) -> torch.LongTensor:
@@ -104,3 +114,16 @@ class CLIPTokenizer:
         if isinstance(prompts, str):
             prompts = [prompts]
         return torch.tensor([self.encode(p).ids for p in prompts], dtype=torch.long)
+
+
+def pad_token_of(folder: str | Path) -> str:
+    """The pad token a transformers tokenizer folder names (tokenizer_config.json, then special_tokens_map.json);
+    <|endoftext|> when neither does (SD 1's convention)."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = Path(folder) / name
+        pad = json.loads(path.read_text(encoding="utf-8")).get("pad_token") if path.exists() else None
+        if isinstance(pad, dict):  # an AddedToken written out: {"content": "!", "lstrip": false, ...}
+            pad = pad.get("content")
+        if pad:
+            return pad
+    return EOS

@@ -1,7 +1,8 @@
-"""SD v1 UNet (diffusers module names, so a diffusers state dict loads with no renaming).
+"""SD 1.x / 2.x UNet (diffusers module names, so a diffusers state dict loads with no renaming).
 
 Transformer blocks get their SPEC §2 block index at construction, in execution order
-(down 0-5, mid 6, up 7-15 for SD v1); hooks are addressed by it.
+(down 0-5, mid 6, up 7-15 for SD v1 and 2.x); hooks are addressed by it. SD 2 differs only in its config
+(SPEC §9.3): linear proj_in/proj_out, heads per level, 1024-wide context, float32 attention for 2.1-768.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class UNetConfig:
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
     down_attention: tuple[bool, ...] = (True, True, True, False)  # per level, from down_block_types
     layers_per_block: int = 2
-    heads: tuple[int, ...] = (8, 8, 8, 8)  # per level (SD v1: 8; diffusers calls it attention_head_dim)
+    heads: tuple[int, ...] = (8, 8, 8, 8)  # per level (SD v1: 8; SD 2: 5, 10, 20, 20; diffusers: attention_head_dim)
     cross_attention_dim: int = 768
     norm_num_groups: int = 32
     norm_eps: float = 1e-5
@@ -35,6 +36,7 @@ class UNetConfig:
     freq_shift: int = 0
     use_linear_projection: bool = False
     sample_size: int = 64
+    upcast_attention: bool = False  # SPEC §9.3: attention in float32 in a half-precision model (SD 2.1-768)
 
     @classmethod
     def from_diffusers(cls, cfg: dict) -> "UNetConfig":
@@ -57,8 +59,10 @@ class UNetConfig:
         if isinstance(cfg.get("layers_per_block", 2), (list, tuple)):
             bad["layers_per_block"] = cfg["layers_per_block"]
         if bad:
-            raise ValueError(f"unsupported UNet config (not SD v1): {bad}")
+            raise ValueError(f"unsupported UNet config (not SD 1.x/2.x text-to-image): {bad}")
         levels = len(down)
+        # diffusers' `attention_head_dim` is a head COUNT (a misnomer it keeps for old configs; SD 2: 5/10/20/20
+        # heads of 64 channels), read as UNet2DConditionModel does: num_attention_heads or attention_head_dim.
         heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
         heads = tuple(heads) if isinstance(heads, (list, tuple)) else (heads,) * levels
         return cls(
@@ -68,7 +72,7 @@ class UNetConfig:
             cross_attention_dim=cfg.get("cross_attention_dim", 768), norm_num_groups=cfg.get("norm_num_groups", 32),
             norm_eps=cfg.get("norm_eps", 1e-5), flip_sin_to_cos=cfg.get("flip_sin_to_cos", True),
             freq_shift=cfg.get("freq_shift", 0), use_linear_projection=bool(cfg.get("use_linear_projection", False)),
-            sample_size=cfg.get("sample_size", 64),
+            sample_size=cfg.get("sample_size", 64), upcast_attention=bool(cfg.get("upcast_attention", False)),
         )
 
     def to_diffusers(self) -> dict:
@@ -81,7 +85,7 @@ class UNetConfig:
             "attention_head_dim": list(self.heads), "cross_attention_dim": self.cross_attention_dim,
             "norm_num_groups": self.norm_num_groups, "norm_eps": self.norm_eps, "flip_sin_to_cos": self.flip_sin_to_cos,
             "freq_shift": self.freq_shift, "use_linear_projection": self.use_linear_projection,
-            "sample_size": self.sample_size,
+            "sample_size": self.sample_size, "upcast_attention": self.upcast_attention,
         }
 
 
@@ -139,12 +143,12 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Self-attention (attn1), cross-attention (attn2), GEGLU feed-forward; pre-norm residuals."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int, block: int):
+    def __init__(self, dim: int, heads: int, context_dim: int, block: int, upcast: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads, block=block, kind="self")
+        self.attn1 = Attention(dim, heads, block=block, kind="self", upcast=upcast)
         self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = Attention(dim, heads, context_dim, block=block, kind="cross")
+        self.attn2 = Attention(dim, heads, context_dim, block=block, kind="cross", upcast=upcast)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
@@ -157,12 +161,13 @@ class TransformerBlock(nn.Module):
 class Transformer2D(nn.Module):
     """Spatial transformer: GroupNorm, proj_in, one TransformerBlock, proj_out, residual."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int, groups: int, block: int, linear: bool):
+    def __init__(self, dim: int, heads: int, context_dim: int, groups: int, block: int, linear: bool,
+                 upcast: bool = False):
         super().__init__()
         self.linear = linear
         self.norm = nn.GroupNorm(groups, dim, eps=1e-6)
         self.proj_in = nn.Linear(dim, dim) if linear else nn.Conv2d(dim, dim, 1)
-        self.transformer_blocks = nn.ModuleList([TransformerBlock(dim, heads, context_dim, block)])
+        self.transformer_blocks = nn.ModuleList([TransformerBlock(dim, heads, context_dim, block, upcast)])
         self.proj_out = nn.Linear(dim, dim) if linear else nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: Tensor, context: Tensor, step: int | None) -> Tensor:
@@ -241,7 +246,8 @@ class UNet(nn.Module):
         counter = iter(range(10**6))  # SPEC §2 block index, assigned in execution order
 
         def xattn(c: int, level: int) -> Transformer2D:
-            return Transformer2D(c, cfg.heads[level], cfg.cross_attention_dim, g, next(counter), cfg.use_linear_projection)
+            return Transformer2D(c, cfg.heads[level], cfg.cross_attention_dim, g, next(counter),
+                                 cfg.use_linear_projection, cfg.upcast_attention)
 
         self.down_blocks = nn.ModuleList()
         skips, cin = [ch[0]], ch[0]

@@ -1,10 +1,12 @@
-"""Deterministic DDIM (eta = 0) and its inversion, SPEC §2."""
+"""Deterministic DDIM (eta = 0) and its inversion, SPEC §2; for epsilon- and v-prediction models (SPEC §9.4)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from model import PREDICTION_TYPES
 
 
 @dataclass(frozen=True)
@@ -17,23 +19,31 @@ class Schedule:
     beta_schedule: str = "scaled_linear"
     set_alpha_to_one: bool = True  # SPEC §2: alpha_bar before t=0 is 1.0
     steps_offset: int = 1
+    prediction_type: str = "epsilon"  # what the model outputs: "epsilon" (SD 1, 2.x-base) or "v_prediction" (§9.4)
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {self.prediction_type!r} is not supported: "
+                             "'epsilon' or 'v_prediction' models can be sampled")
 
     @classmethod
     def from_config(cls, config: dict, **overrides) -> "Schedule":
-        """Noise schedule from a diffusers config; set_alpha_to_one/steps_offset stay the method's (SPEC §2)."""
-        if config.get("prediction_type", "epsilon") != "epsilon":
-            raise ValueError(f"prediction_type {config['prediction_type']!r} is not supported: "
-                             "only 'epsilon' (SD v1) models can be sampled")
+        """Noise schedule and prediction type from a diffusers config; set_alpha_to_one/steps_offset stay the
+        method's (SPEC §2); keyword overrides win over the config."""
         if config.get("trained_betas") is not None:
             raise ValueError("trained_betas are not supported: only 'linear' and 'scaled_linear' beta schedules")
         if config.get("rescale_betas_zero_snr"):
             raise ValueError("rescale_betas_zero_snr is not supported (not an SD v1 schedule)")
-        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
-        return cls(**{k: config[k] for k in keys if config.get(k) is not None}, **overrides)
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+        return cls(**({k: config[k] for k in keys if config.get(k) is not None} | overrides))
 
 
 class DDIM:
-    """DDIM over `num_steps` of the train timesteps; `step` denoises, `invert_step` goes up (SPEC §2)."""
+    """DDIM over `num_steps` of the train timesteps; `step` denoises, `invert_step` goes up (SPEC §2).
+
+    `overrides` are Schedule fields, e.g. prediction_type="v_prediction" (sampling.ddim_for(sd, steps) sets it
+    from the model).
+    """
 
     def __init__(self, num_steps: int = 50, config: dict | None = None, **overrides):
         s = Schedule.from_config(config, **overrides) if config is not None else Schedule(**overrides)
@@ -58,26 +68,46 @@ class DDIM:
         """alpha_bar[t], or the final value (1.0 by default) for t < 0."""
         return float(self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod)
 
-    @staticmethod
-    def _move(x: Tensor, eps: Tensor, a_from: float, a_to: float) -> Tensor:
+    @property
+    def prediction_type(self) -> str:
+        """What the model outputs: "epsilon" or "v_prediction" (SPEC §9.4)."""
+        return self.schedule.prediction_type
+
+    def _move(self, x: Tensor, eps: Tensor, a_from: float, a_to: float) -> Tensor:
         # Latents and the DDIM update stay fp32 (float64 in the float64 mode): bf16/fp16 rounding accumulates
         # over 50 steps. The alphas are the float32 schedule's values (SPEC §2) in either mode.
         dt = torch.float64 if torch.float64 in (x.dtype, eps.dtype) else torch.float32
         x, eps = x.to(dt), eps.to(dt)
-        return a_to**0.5 * DDIM.predict_x0(x, eps, a_from) + (1 - a_to) ** 0.5 * eps
+        x0 = self.predict_x0(x, eps, a_from)
+        if self.prediction_type == "v_prediction":
+            # SPEC §9.4: the model output is v; x0 and eps both come from it at a_from, the alpha_bar x0 is read
+            # at (as diffusers' DDIMScheduler.step and DDIMInverseScheduler.step do).
+            eps = self.predict_eps(x, eps, a_from)
+        return a_to**0.5 * x0 + (1 - a_to) ** 0.5 * eps
 
-    @staticmethod
-    def predict_x0(x: Tensor, eps: Tensor, a: float) -> Tensor:
-        """x0 = (x - sqrt(1 - a) eps) / sqrt(a), the clean latent x and eps predict at alpha_bar a (SPEC §2)."""
-        return (x - (1 - a) ** 0.5 * eps) / a**0.5
+    def predict_x0(self, x: Tensor, out: Tensor, a: float) -> Tensor:
+        """The clean latent that x and the model output predict at alpha_bar a: epsilon models
+        x0 = (x - sqrt(1 - a) eps) / sqrt(a) (SPEC §2); v models x0 = sqrt(a) x - sqrt(1 - a) v (SPEC §9.4)."""
+        if self.prediction_type == "v_prediction":
+            return a**0.5 * x - (1 - a) ** 0.5 * out
+        return (x - (1 - a) ** 0.5 * out) / a**0.5
+
+    def predict_eps(self, x: Tensor, out: Tensor, a: float) -> Tensor:
+        """The noise that x and the model output predict at alpha_bar a: eps itself, or sqrt(a) v + sqrt(1 - a) x
+        for v models (SPEC §9.4)."""
+        if self.prediction_type == "v_prediction":
+            return a**0.5 * out + (1 - a) ** 0.5 * x
+        return out
 
     def step(self, eps: Tensor, t: int | Tensor, x: Tensor) -> Tensor:
-        """x_t -> x_{t - stride} with noise prediction eps (float32 out; float64 for float64 input)."""
+        """x_t -> x_{t - stride} with the model output `eps` (the noise, or v for a v model; float32 out, float64
+        for float64 input)."""
         t = int(t)
         return self._move(x, eps, self.alpha_bar(t), self.alpha_bar(t - self.stride))
 
     def invert_step(self, eps: Tensor, t: int | Tensor, x: Tensor) -> Tensor:
-        """x_{t - stride} -> x_t with eps = eps(x, t) (float32 out; float64 for float64 input)."""
+        """x_{t - stride} -> x_t with the model output `eps` = eps(x, t) (or v(x, t) for a v model; float32 out,
+        float64 for float64 input)."""
         t = int(t)
         return self._move(x, eps, self.alpha_bar(t - self.stride), self.alpha_bar(t))
 

@@ -14,7 +14,8 @@ Callback = Callable[[int, int, Tensor], "Tensor | None"]
 
 
 def batch_eps(sd, x: Tensor, t: int, context: Tensor, step: int) -> Tensor:
-    """The UNet's noise predictions at (x, t) for every context row: [uncond; cond] (2B rows) or cond only (B)."""
+    """The UNet's outputs at (x, t) for every context row: [uncond; cond] (2B rows) or cond only (B); noise
+    predictions, or v for a v model (guidance and the DDIM update take either, SPEC §9.4)."""
     inp = torch.cat([x, x]) if context.shape[0] == 2 * x.shape[0] else x
     return sd.unet(inp.to(sd.dtype), t, context, step=step).to(sd.precise_dtype)
 
@@ -30,6 +31,20 @@ def guide(eps: Tensor, guidance: float, batch: int) -> Tensor:
 def guided_eps(sd, x: Tensor, t: int, context: Tensor, guidance: float, step: int) -> Tensor:
     """eps at (x, t): one UNet call; `context` is [uncond; cond] (2B) for CFG or cond only (B) (SPEC §2)."""
     return guide(batch_eps(sd, x, t, context, step), guidance, x.shape[0])
+
+
+def ddim_for(sd, steps: int = 50) -> DDIM:
+    """The DDIM of `steps` steps for model `sd`: its scheduler config's noise schedule (when it has one) and its
+    prediction type, which a single file does not store and so comes from the loaded model (SPEC §2, §9.4)."""
+    return DDIM(steps, config=sd.scheduler_config, prediction_type=sd.prediction_type)
+
+
+def _check_ddim(sd, ddim: DDIM) -> DDIM:
+    """A given DDIM must convert the model's output as the model means it (SPEC §9.4)."""
+    if ddim.prediction_type != sd.prediction_type:
+        raise ValueError(f"the DDIM is for prediction_type {ddim.prediction_type!r} but the model predicts "
+                         f"{sd.prediction_type!r}: build it with sampling.ddim_for(sd, steps)")
+    return ddim
 
 
 def _prompts(prompt: str | list[str]) -> list[str]:
@@ -48,14 +63,14 @@ def sample(sd, prompt: str | list[str], *, negative_prompt: str | list[str] = ""
            callback: Callback | None = None, progress: bool = True, ddim: DDIM | None = None) -> Tensor:
     """Text-to-image with CFG: returns the final (scaled) latents [B,4,h/8,w/8], float32 (float64 model: float64).
 
-    height/width default to the model's native size (SD v1: 512).
+    height/width default to the model's native size (SD v1 and 2.x-base: 512, 2.x-v: 768).
     """
     height, width = height or sd.native_size, width or sd.native_size
     if height % 64 or width % 64 or height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive multiples of 64, got {height}x{width}")
     if guidance < 0:
         raise ValueError(f"guidance must be >= 0, got {guidance}")
-    ddim = ddim or DDIM(steps, config=sd.scheduler_config)  # a given ddim overrides `steps`
+    ddim = _check_ddim(sd, ddim) if ddim is not None else ddim_for(sd, steps)  # a given ddim overrides `steps`
     prompts = _prompts(prompt)
     negs = _prompts(negative_prompt)
     negs = negs * len(prompts) if len(negs) == 1 else negs
@@ -85,7 +100,7 @@ def invert(sd, latents: Tensor, prompts: list[str], *, guidance: float = 1.0, st
     prompts = _prompts(prompts)
     if latents.ndim != 4 or latents.shape[0] != len(prompts):
         raise ValueError(f"latents must be [B,4,h,w] with B = {len(prompts)} prompts, got {tuple(latents.shape)}")
-    ddim = ddim or DDIM(steps, config=sd.scheduler_config)
+    ddim = _check_ddim(sd, ddim) if ddim is not None else ddim_for(sd, steps)
     # SPEC §2: guidance 1 is conditional only, no uncond batch.
     context = sd.encode_prompts(prompts if guidance == 1 else [""] * len(prompts) + prompts)
     x = latents.to(sd.device, sd.precise_dtype)
@@ -101,7 +116,7 @@ def invert(sd, latents: Tensor, prompts: list[str], *, guidance: float = 1.0, st
 def reconstruct(sd, latents: Tensor, prompt: str, *, guidance: float = 1.0, steps: int = 50,
                 progress: bool = True) -> Tensor:
     """Invert `latents` [1,4,h,w] with `prompt`, then regenerate from the last one: the final latents."""
-    ddim = DDIM(steps, config=sd.scheduler_config)
+    ddim = ddim_for(sd, steps)
     zs = invert(sd, latents, [prompt], guidance=guidance, ddim=ddim, progress=progress)
     return sample(sd, prompt, guidance=guidance, latents=zs[-1], ddim=ddim, progress=progress)
 

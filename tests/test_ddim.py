@@ -115,8 +115,7 @@ def test_1000_steps_with_offset_is_rejected():
 
 
 @pytest.mark.parametrize("cfg, word", [
-    ({"prediction_type": "v_prediction"}, "prediction_type"),
-    ({"prediction_type": "sample"}, "prediction_type"),
+    ({"prediction_type": "sample"}, "prediction_type"),  # v_prediction is supported: tests/test_sd2.py
     ({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule"),
     ({"trained_betas": [0.1] * 1000}, "trained_betas"),
     ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),

@@ -201,7 +201,6 @@ def test_bad_inputs(tiny_sd):
         sampling.sample(tiny_sd, "x", height=100, width=64, progress=False)
     with pytest.raises(ValueError, match="B = 2"):
         sampling.invert(tiny_sd, torch.zeros(1, 4, 8, 8), ["x", "y"], progress=False)
-    v_pred = dataclasses.replace(tiny_sd, scheduler_config={**tiny_sd.scheduler_config,
-                                                            "prediction_type": "v_prediction"})
-    with pytest.raises(ValueError, match="prediction_type 'v_prediction'"):
-        sampling.sample(v_pred, "x", **kw)
+    # v-prediction is supported (tests/test_sd2.py); a DDIM for another prediction type than the model's is not
+    with pytest.raises(ValueError, match="the model predicts 'epsilon'"):
+        sampling.sample(tiny_sd, "x", ddim=sampling.DDIM(2, prediction_type="v_prediction"), **kw)

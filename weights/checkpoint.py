@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 
 
 class UnsupportedCheckpoint(ValueError):
-    """The file or folder is not an SD v1 checkpoint this project can load."""
+    """The file or folder is not an SD 1.x / 2.x checkpoint this project can load."""
 
     def __init__(self, what: str):
         super().__init__(f"unsupported checkpoint: {what}")
@@ -55,8 +56,10 @@ class TensorSource:
             except Exception as e:  # noqa: BLE001 - any parse failure means "not a safetensors file"
                 raise UnsupportedCheckpoint(f"{self.path.name} is not a readable safetensors file ({e})") from None
             self._dict = None
+            self.global_step = None
         elif suffix in (".ckpt", ".bin", ".pt", ".pth"):
-            self._st, self._dict = None, load_pickle_checkpoint(self.path)
+            self._st = None
+            self._dict, self.global_step = read_pickle_checkpoint(self.path)
         else:
             raise UnsupportedCheckpoint(f"{self.path.name}: expected .safetensors, .ckpt, .bin, .pt or .pth")
 
@@ -83,6 +86,11 @@ class TensorSource:
 
 def load_pickle_checkpoint(path: Path) -> dict[str, Tensor]:
     """torch.load with weights_only=True (plus the allow-list above); returns the flat tensor dict."""
+    return read_pickle_checkpoint(path)[0]
+
+
+def read_pickle_checkpoint(path: Path) -> tuple[dict[str, Tensor], int | None]:
+    """The flat tensor dict and the training `global_step` stored beside it (None if absent), weights-only."""
     kwargs = {"map_location": "cpu", "weights_only": True}
     try:
         with torch.serialization.safe_globals(_CKPT_SAFE_GLOBALS):
@@ -97,11 +105,13 @@ def load_pickle_checkpoint(path: Path) -> dict[str, Tensor]:
         raise UnsupportedCheckpoint(f"{path.name} holds objects that weights-only loading refuses ({first})") from None
     except Exception as e:  # noqa: BLE001 - a random or truncated file
         raise UnsupportedCheckpoint(f"{path.name} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    step = obj.get("global_step") if isinstance(obj, dict) else None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise UnsupportedCheckpoint(f"{path.name} holds a {type(obj).__name__}, not a dict of tensors")
-    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    step = int(step) if isinstance(step, (int, np.integer)) else None
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}, step
 
 
 def fill_module(module: nn.Module, src: TensorSource, names: Mapping[str, str], what: str, dtype: torch.dtype,
@@ -109,7 +119,8 @@ def fill_module(module: nn.Module, src: TensorSource, names: Mapping[str, str], 
     """Fill a module built on the meta device from `src` (module name -> file key), strictly: names and shapes
     must match the module's parameters and buffers one to one. `fix(name, tensor)` adapts a stored layout."""
     fix = fix or (lambda name, t: t)
-    given = {n: tuple(fix(n, src.get(k)).shape) for n, k in names.items()}  # zero-copy views: no data read yet
+    # Shapes through `fix` on meta copies: no data read, nothing copied, whatever `fix` does.
+    given = {n: tuple(fix(n, src.get(k).to("meta")).shape) for n, k in names.items()}
     expected = {n: tuple(t.shape) for n, t in module.state_dict().items()}
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
@@ -126,3 +137,9 @@ def fill_module(module: nn.Module, src: TensorSource, names: Mapping[str, str], 
     state = {n: fix(n, src.get(k, dtype)).to(device) for n, k in names.items()}
     module.load_state_dict(state, strict=True, assign=True)
     return module.eval().requires_grad_(False)
+
+
+def note(line: str) -> str:
+    """Print one line saying what loading assumed or left out (on stderr, so stdout stays the command's)."""
+    print(line, file=sys.stderr)
+    return line

@@ -12,6 +12,9 @@ from model import StableDiffusion
 from .folder import WEIGHT_NAMES
 
 
+# SD's DDIM scheduler config (the schedule SPEC §2 uses; set_alpha_to_one/steps_offset are the method's anyway)
+DDIM_CONFIG = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+               "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
 MODEL_INDEX = {"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
                "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
                "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
@@ -36,7 +39,20 @@ def save_folder(sd: StableDiffusion, folder: str | Path, dtype: torch.dtype | No
     save_part(sd.vae, sd.vae.config.to_diffusers(), folder, "vae", dtype)
     save_part(sd.text_encoder, sd.text_encoder.config.to_transformers(), folder, "text_encoder", dtype)
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
-    if sd.scheduler_config is not None:
+    sched = scheduler_config(sd)
+    if sched is not None:
         (folder / "scheduler").mkdir(exist_ok=True)
-        (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sd.scheduler_config, indent=2))
+        (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
     return folder
+
+
+def scheduler_config(sd: StableDiffusion) -> dict | None:
+    """The scheduler config to save: the model's own, with its prediction type (SPEC §9.4), which a loaded single
+    file has from its yaml or an assumption and a folder from its config or the caller; none for an SD 1 epsilon
+    model that came without one."""
+    sched = sd.scheduler_config
+    if sched is None and (sd.family != "sd1" or sd.prediction_type != "epsilon"):
+        return DDIM_CONFIG | {"prediction_type": sd.prediction_type}
+    if sched is not None and sched.get("prediction_type", "epsilon") != sd.prediction_type:
+        return sched | {"prediction_type": sd.prediction_type}
+    return sched
