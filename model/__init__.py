@@ -1,4 +1,4 @@
-"""The SD 1.x / 2.x model stack: tokenizer, text encoder, VAE, UNet (SPEC §2, §9)."""
+"""The SD 1.x / 2.x model stack: tokenizer, text encoder, VAE, UNet (§2, §9)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,14 +19,14 @@ __all__ = [
     "PREDICTION_TYPES",
 ]
 
-FAMILIES = ("sd1", "sd2")  # sd2: OpenCLIP ViT-H text encoder, SPEC §9
-PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the UNet predicts, SPEC §9.4
+FAMILIES = ("sd1", "sd2")  # sd2: OpenCLIP ViT-H text encoder, §9
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the UNet predicts, §9.4
 
 
 @dataclass
 class StableDiffusion:
     """A loaded SD 1.x / 2.x model: the four parts, the latent scaling factor, where it came from, its family
-    ("sd1" | "sd2") and what its UNet predicts ("epsilon" | "v_prediction", SPEC §9.4)."""
+    ("sd1" | "sd2") and what its UNet predicts ("epsilon" | "v_prediction", §9.4)."""
 
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextEncoder

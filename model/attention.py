@@ -2,7 +2,7 @@
 
 `attention()` is softmax(Q K^T * scale + bias) V, written out; when nobody needs the probabilities it
 takes PyTorch's fused kernel, which computes the same thing without materialising the maps.
-Every UNet attention layer is addressed by an `AttnSite` (SPEC §2 block index 0-15 and "self"/"cross")
+Every UNet attention layer is addressed by an `AttnSite` (§2 block index 0-15 and "self"/"cross")
 and calls the `AttentionHook` set on it, if any, with the step index its caller passed in.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 Kind = Literal["self", "cross"]
-# SPEC §5: do not materialise every map. Explicit path: scores per query chunk (B * heads * rows * Nk);
+# §5: do not materialise every map. Explicit path: scores per query chunk (B * heads * rows * Nk);
 # 512 MiB in float32, plus as much for the softmax.
 # At 1024² (a 128² latent) a whole self-attention map would be 16384² per head: 8 GiB for 8 heads in float32.
 MAX_SCORE_ELEMENTS = 2**27
@@ -78,7 +78,7 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = No
 
 @dataclass(frozen=True)
 class AttnSite:
-    """Where an attention call happens: SPEC §2 block index, self/cross, query grid, heads."""
+    """Where an attention call happens: §2 block index, self/cross, query grid, heads."""
 
     block: int
     kind: Kind
@@ -119,7 +119,7 @@ class Attention(nn.Module):
         super().__init__()
         ctx = context_dim or dim
         self.heads, self.block, self.kind = heads, block, kind
-        # SPEC §9.3: SD 2.1-768 (upcast_attention) computes attention in float32 even in half precision, where its
+        # §9.3: SD 2.1-768 (upcast_attention) computes attention in float32 even in half precision, where its
         # scores overflow float16; a no-op for a float32/float64 model.
         self.upcast = upcast
         self.to_q = nn.Linear(dim, dim, bias=False)

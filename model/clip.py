@@ -1,9 +1,9 @@
 """CLIP text transformer (transformers' CLIPTextModel names): causal, quick-GELU or GELU, final LayerNorm.
 
-ctx = text_encoder(ids [B,77]) is the last hidden state after the final LayerNorm (SPEC §2).
+ctx = text_encoder(ids [B,77]) is the last hidden state after the final LayerNorm (§2).
 SD 2's OpenCLIP ViT-H/14 text tower is the same network with GELU, 1024 wide, 16 heads; SD 2 reads its
 penultimate layer through the final LayerNorm, so it is built with the layers up to that one (diffusers' 23-layer
-CLIPTextModel; SPEC §9.1).
+CLIPTextModel; §9.1).
 """
 from __future__ import annotations
 

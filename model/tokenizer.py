@@ -1,10 +1,10 @@
-"""CLIP's byte-level BPE tokenizer (SPEC §2), built on the `tokenizers` package.
+"""CLIP's byte-level BPE tokenizer (§2), built on the `tokenizers` package.
 
 Same pipeline as OpenAI CLIP: NFC, collapse whitespace, lower-case, split with CLIP's regex,
 byte-level BPE with '</w>' word ends, then <|startoftext|> ... <|endoftext|> padded to 77.
-SD 1 pads with <|endoftext|>; SD 2 pads with "!" (id 0), the convention of its OpenCLIP tokenizer (SPEC §9.2):
+SD 1 pads with <|endoftext|>; SD 2 pads with "!" (id 0), the convention of its OpenCLIP tokenizer (§9.2):
 the pad token is read from a tokenizer folder's configs.
-Each token also carries its character span in the prompt (SPEC §4.2 needs word -> tokens).
+Each token also carries its character span in the prompt (§4.2 needs word -> tokens).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 # OpenAI CLIP's vocabulary (MIT licence, see model/data/NOTICE).
 BUNDLED_VOCAB = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-# SPEC §9.2: SD 2's released tokenizer pads with "!" (id 0), as open_clip.tokenize (SD 2's training) pads with 0.
+# §9.2: SD 2's released tokenizer pads with "!" (id 0), as open_clip.tokenize (SD 2's training) pads with 0.
 # A "!" in a prompt stays text ("!</w>", "!!</w>", ...) as in open_clip; transformers' CLIPTokenizer instead splits
 # its pad token out of the text as a special token (id 0), a known difference from open_clip not copied here.
 SD2_PAD = "!"
@@ -82,7 +82,7 @@ class CLIPTokenizer:
 
     @classmethod
     def bundled(cls, pad_token: str = EOS) -> "CLIPTokenizer":
-        """The tokenizer from the bundled CLIP vocabulary (pad_token "!" for SD 2, SPEC §9.2)."""
+        """The tokenizer from the bundled CLIP vocabulary (pad_token "!" for SD 2, §9.2)."""
         return cls(*_vocab_from_bpe_file(BUNDLED_VOCAB), pad_token=pad_token)
 
     @classmethod

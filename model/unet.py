@@ -1,8 +1,8 @@
 """SD 1.x / 2.x UNet (diffusers module names, so a diffusers state dict loads with no renaming).
 
-Transformer blocks get their SPEC §2 block index at construction, in execution order
+Transformer blocks get their §2 block index at construction, in execution order
 (down 0-5, mid 6, up 7-15 for SD v1 and 2.x); hooks are addressed by it. SD 2 differs only in its config
-(SPEC §9.3): linear proj_in/proj_out, heads per level, 1024-wide context, float32 attention for 2.1-768.
+(§9.3): linear proj_in/proj_out, heads per level, 1024-wide context, float32 attention for 2.1-768.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class UNetConfig:
     freq_shift: int = 0
     use_linear_projection: bool = False
     sample_size: int = 64
-    upcast_attention: bool = False  # SPEC §9.3: attention in float32 in a half-precision model (SD 2.1-768)
+    upcast_attention: bool = False  # §9.3: attention in float32 in a half-precision model (SD 2.1-768)
 
     @classmethod
     def from_diffusers(cls, cfg: dict) -> "UNetConfig":
@@ -243,7 +243,7 @@ class UNet(nn.Module):
         temb = ch[0] * 4
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.time_embedding = TimestepEmbedding(ch[0], temb)
-        counter = iter(range(10**6))  # SPEC §2 block index, assigned in execution order
+        counter = iter(range(10**6))  # §2 block index, assigned in execution order
 
         def xattn(c: int, level: int) -> Transformer2D:
             return Transformer2D(c, cfg.heads[level], cfg.cross_attention_dim, g, next(counter),
@@ -280,11 +280,11 @@ class UNet(nn.Module):
 
     # ---- attention hooks -------------------------------------------------------------------
     def attention_layers(self) -> dict[tuple[int, Kind], Attention]:
-        """Every attention layer by (SPEC §2 block index, "self"/"cross")."""
+        """Every attention layer by (§2 block index, "self"/"cross")."""
         return {(m.block, m.kind): m for m in self.modules() if isinstance(m, Attention)}
 
     def block_levels(self) -> dict[int, int]:
-        """SPEC §2 block index -> resolution level of its maps (0: the latent size, k: latent / 2^k)."""
+        """§2 block index -> resolution level of its maps (0: the latent size, k: latent / 2^k)."""
         n = len(self.down_blocks)
         parts = [*enumerate(self.down_blocks), (n - 1, self.mid_block),
                  *((n - 1 - i, b) for i, b in enumerate(self.up_blocks))]

@@ -1,4 +1,4 @@
-"""SD v1 VAE (AutoencoderKL, diffusers module names). encode -> posterior mean (SPEC §2: no sampling)."""
+"""SD v1 VAE (AutoencoderKL, diffusers module names). encode -> posterior mean (§2: no sampling)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Deterministic DDIM (eta = 0) and its inversion, SPEC §2; for epsilon- and v-prediction models (SPEC §9.4)."""
+"""Deterministic DDIM (eta = 0) and its inversion, §2; for epsilon- and v-prediction models (§9.4)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +17,7 @@ class Schedule:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
-    set_alpha_to_one: bool = True  # SPEC §2: alpha_bar before t=0 is 1.0
+    set_alpha_to_one: bool = True  # §2: alpha_bar before t=0 is 1.0
     steps_offset: int = 1
     prediction_type: str = "epsilon"  # what the model outputs: "epsilon" (SD 1, 2.x-base) or "v_prediction" (§9.4)
 
@@ -29,7 +29,7 @@ class Schedule:
     @classmethod
     def from_config(cls, config: dict, **overrides) -> "Schedule":
         """Noise schedule and prediction type from a diffusers config; set_alpha_to_one/steps_offset stay the
-        method's (SPEC §2); keyword overrides win over the config."""
+        method's (§2); keyword overrides win over the config."""
         if config.get("trained_betas") is not None:
             raise ValueError("trained_betas are not supported: only 'linear' and 'scaled_linear' beta schedules")
         if config.get("rescale_betas_zero_snr"):
@@ -39,7 +39,7 @@ class Schedule:
 
 
 class DDIM:
-    """DDIM over `num_steps` of the train timesteps; `step` denoises, `invert_step` goes up (SPEC §2).
+    """DDIM over `num_steps` of the train timesteps; `step` denoises, `invert_step` goes up (§2).
 
     `overrides` are Schedule fields, e.g. prediction_type="v_prediction" (sampling.ddim_for(sd, steps) sets it
     from the model).
@@ -70,31 +70,31 @@ class DDIM:
 
     @property
     def prediction_type(self) -> str:
-        """What the model outputs: "epsilon" or "v_prediction" (SPEC §9.4)."""
+        """What the model outputs: "epsilon" or "v_prediction" (§9.4)."""
         return self.schedule.prediction_type
 
     def _move(self, x: Tensor, eps: Tensor, a_from: float, a_to: float) -> Tensor:
         # Latents and the DDIM update stay fp32 (float64 in the float64 mode): bf16/fp16 rounding accumulates
-        # over 50 steps. The alphas are the float32 schedule's values (SPEC §2) in either mode.
+        # over 50 steps. The alphas are the float32 schedule's values (§2) in either mode.
         dt = torch.float64 if torch.float64 in (x.dtype, eps.dtype) else torch.float32
         x, eps = x.to(dt), eps.to(dt)
         x0 = self.predict_x0(x, eps, a_from)
         if self.prediction_type == "v_prediction":
-            # SPEC §9.4: the model output is v; x0 and eps both come from it at a_from, the alpha_bar x0 is read
+            # §9.4: the model output is v; x0 and eps both come from it at a_from, the alpha_bar x0 is read
             # at (as diffusers' DDIMScheduler.step and DDIMInverseScheduler.step do).
             eps = self.predict_eps(x, eps, a_from)
         return a_to**0.5 * x0 + (1 - a_to) ** 0.5 * eps
 
     def predict_x0(self, x: Tensor, out: Tensor, a: float) -> Tensor:
         """The clean latent that x and the model output predict at alpha_bar a: epsilon models
-        x0 = (x - sqrt(1 - a) eps) / sqrt(a) (SPEC §2); v models x0 = sqrt(a) x - sqrt(1 - a) v (SPEC §9.4)."""
+        x0 = (x - sqrt(1 - a) eps) / sqrt(a) (§2); v models x0 = sqrt(a) x - sqrt(1 - a) v (§9.4)."""
         if self.prediction_type == "v_prediction":
             return a**0.5 * x - (1 - a) ** 0.5 * out
         return (x - (1 - a) ** 0.5 * out) / a**0.5
 
     def predict_eps(self, x: Tensor, out: Tensor, a: float) -> Tensor:
         """The noise that x and the model output predict at alpha_bar a: eps itself, or sqrt(a) v + sqrt(1 - a) x
-        for v models (SPEC §9.4)."""
+        for v models (§9.4)."""
         if self.prediction_type == "v_prediction":
             return a**0.5 * out + (1 - a) ** 0.5 * x
         return out

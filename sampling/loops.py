@@ -1,4 +1,4 @@
-"""Text-to-image sampling with classifier-free guidance and DDIM inversion (SPEC §2, §3)."""
+"""Text-to-image sampling with classifier-free guidance and DDIM inversion (§2, §3)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,13 +15,13 @@ Callback = Callable[[int, int, Tensor], "Tensor | None"]
 
 def batch_eps(sd, x: Tensor, t: int, context: Tensor, step: int) -> Tensor:
     """The UNet's outputs at (x, t) for every context row: [uncond; cond] (2B rows) or cond only (B); noise
-    predictions, or v for a v model (guidance and the DDIM update take either, SPEC §9.4)."""
+    predictions, or v for a v model (guidance and the DDIM update take either, §9.4)."""
     inp = torch.cat([x, x]) if context.shape[0] == 2 * x.shape[0] else x
     return sd.unet(inp.to(sd.dtype), t, context, step=step).to(sd.precise_dtype)
 
 
 def guide(eps: Tensor, guidance: float, batch: int) -> Tensor:
-    """Classifier-free guidance of batch_eps' output (SPEC §2): eps_u + w (eps_c - eps_u), or eps if cond only."""
+    """Classifier-free guidance of batch_eps' output (§2): eps_u + w (eps_c - eps_u), or eps if cond only."""
     if eps.shape[0] == batch:
         return eps
     eps_u, eps_c = eps.chunk(2)
@@ -29,18 +29,18 @@ def guide(eps: Tensor, guidance: float, batch: int) -> Tensor:
 
 
 def guided_eps(sd, x: Tensor, t: int, context: Tensor, guidance: float, step: int) -> Tensor:
-    """eps at (x, t): one UNet call; `context` is [uncond; cond] (2B) for CFG or cond only (B) (SPEC §2)."""
+    """eps at (x, t): one UNet call; `context` is [uncond; cond] (2B) for CFG or cond only (B) (§2)."""
     return guide(batch_eps(sd, x, t, context, step), guidance, x.shape[0])
 
 
 def ddim_for(sd, steps: int = 50) -> DDIM:
     """The DDIM of `steps` steps for model `sd`: its scheduler config's noise schedule (when it has one) and its
-    prediction type, which a single file does not store and so comes from the loaded model (SPEC §2, §9.4)."""
+    prediction type, which a single file does not store and so comes from the loaded model (§2, §9.4)."""
     return DDIM(steps, config=sd.scheduler_config, prediction_type=sd.prediction_type)
 
 
 def _check_ddim(sd, ddim: DDIM) -> DDIM:
-    """A given DDIM must convert the model's output as the model means it (SPEC §9.4)."""
+    """A given DDIM must convert the model's output as the model means it (§9.4)."""
     if ddim.prediction_type != sd.prediction_type:
         raise ValueError(f"the DDIM is for prediction_type {ddim.prediction_type!r} but the model predicts "
                          f"{sd.prediction_type!r}: build it with sampling.ddim_for(sd, steps)")
@@ -94,14 +94,14 @@ def sample(sd, prompt: str | list[str], *, negative_prompt: str | list[str] = ""
 @torch.no_grad()
 def invert(sd, latents: Tensor, prompts: list[str], *, guidance: float = 1.0, steps: int = 50,
            callback: Callback | None = None, progress: bool = True, ddim: DDIM | None = None) -> Tensor:
-    """DDIM inversion over reversed(timesteps) (SPEC §3): every latent z[0..N], [N+1,B,4,h,w] float32 (or float64)."""
+    """DDIM inversion over reversed(timesteps) (§3): every latent z[0..N], [N+1,B,4,h,w] float32 (or float64)."""
     if guidance < 0:
         raise ValueError(f"guidance must be >= 0, got {guidance}")
     prompts = _prompts(prompts)
     if latents.ndim != 4 or latents.shape[0] != len(prompts):
         raise ValueError(f"latents must be [B,4,h,w] with B = {len(prompts)} prompts, got {tuple(latents.shape)}")
     ddim = _check_ddim(sd, ddim) if ddim is not None else ddim_for(sd, steps)
-    # SPEC §2: guidance 1 is conditional only, no uncond batch.
+    # §2: guidance 1 is conditional only, no uncond batch.
     context = sd.encode_prompts(prompts if guidance == 1 else [""] * len(prompts) + prompts)
     x = latents.to(sd.device, sd.precise_dtype)
     zs = [x]
@@ -123,7 +123,7 @@ def reconstruct(sd, latents: Tensor, prompt: str, *, guidance: float = 1.0, step
 
 @torch.no_grad()
 def encode(sd, images: Tensor) -> Tensor:
-    """Images [B,3,H,W] in [-1,1] -> scaled latents, float32 or float64 (SPEC §2: z = 0.18215 * E(x).mean)."""
+    """Images [B,3,H,W] in [-1,1] -> scaled latents, float32 or float64 (§2: z = 0.18215 * E(x).mean)."""
     x = images.to(sd.device, sd.dtype)
     # One image at a time, as decode: the full-resolution encoder activations dominate peak memory.
     return torch.cat([sd.vae.encode(xi[None]).to(sd.precise_dtype) for xi in x]) * sd.scaling_factor
@@ -131,7 +131,7 @@ def encode(sd, images: Tensor) -> Tensor:
 
 @torch.no_grad()
 def decode(sd, latents: Tensor) -> Tensor:
-    """Scaled latents -> images [B,3,H,W] in [-1,1], float32 or float64 (SPEC §2: x = D(z / 0.18215))."""
+    """Scaled latents -> images [B,3,H,W] in [-1,1], float32 or float64 (§2: x = D(z / 0.18215))."""
     z = (latents / sd.scaling_factor).to(sd.device, sd.dtype)
     # One image at a time: the full-resolution decoder activations dominate peak memory.
     return torch.cat([sd.vae.decode(zi[None]).to(sd.precise_dtype) for zi in z]).clamp(-1, 1)

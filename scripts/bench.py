@@ -242,8 +242,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_dtype: str | None = None,
                inspect: bool = False, references: int = 1) -> dict:
-    """(Fresh process) one edit with random WxH images (`references` views of the reference object, issue 19; with
-    --inspect's recording and pictures if asked, issue 17), then one timing of each model call it makes."""
+    """(Fresh process) one edit with random WxH images (`references` views of the reference object, §8.1;
+    with --inspect's recording and pictures if asked), then one timing of each model call it makes."""
     base = peak_rss()
     sd = weights.load_model(folder, dtype=dtype)
     (w, h), rng = parse_size(size), np.random.default_rng(0)
@@ -419,7 +419,7 @@ def child_sweep(folder: Path, dtype: torch.dtype, steps: int, size: str, k: int 
 
 
 def bench_inspect(folder: Path, args: argparse.Namespace) -> str:
-    """`--inspect`'s cost: the same edit without and with it, each in a fresh process (issue 17: <= 1.3x time,
+    """`--inspect`'s cost: the same edit without and with it, each in a fresh process (target: <= 1.3x time,
     <= 1.5x peak memory); the 50-step column scales the invert/edit loops, the pictures are a fixed cost."""
     name = args.dtypes[0]
     plain, seen = (run_child("child-edit", folder, args, name, *flag) for flag in ([], ["--inspect"]))
@@ -454,7 +454,7 @@ def bench_sweep(folder: Path, args: argparse.Namespace) -> str:
 
 
 def bench_references(folder: Path, args: argparse.Namespace) -> str:
-    """Edits with K = 1..args.references reference views per dtype (issue 19): time and peak RSS side by side."""
+    """Edits with K = 1..args.references reference views per dtype (§8.1): time and peak RSS side by side."""
     n, parts, rows = args.steps, [], []
     for name in args.dtypes:
         for k in range(1, args.references + 1):
@@ -490,7 +490,7 @@ def main() -> None:
                    "random SD1.5-size weights (e.g. assets/toy-sd with --size 128: the demo size)")
     p.add_argument("--inspect", action="store_true", help=argparse.SUPPRESS)  # child-edit: with --inspect
     p.add_argument("--references", type=int, default=None, help="edit: compare K = 1..REFERENCES reference views "
-                   "side by side (issue 19)")
+                   "side by side (§8.1)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # small widths: checks the code paths
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)  # child modes only
     args = p.parse_args()

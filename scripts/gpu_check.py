@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""One command that checks the GPU path end to end (issue 20): python scripts/gpu_check.py [--steps 50]
+"""One command that checks the GPU path end to end: python scripts/gpu_check.py [--steps 50]
 
 On a CUDA device it prints one table:
 - model parts (UNet, VAE encode/decode, text encoder, SD1.5 size, random weights) in float16 vs float32 (relative

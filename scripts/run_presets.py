@@ -1,4 +1,4 @@
-"""Run the eight SPEC §6 presets on an examples folder and write a contact sheet.
+"""Run the eight §6 presets on an examples folder and write a contact sheet.
 
     python scripts/run_presets.py --model SRC --examples ../shared/examples --out out/presets [--steps 50]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import sampling
-from model import StableDiffusion
+from model import AttentionHook, StableDiffusion
 from weights.precision import DTYPES
 
 from .blend import LocalBlend
@@ -30,6 +30,9 @@ from .references import Reference, auto_mask_s, stage1_extra
 from .settings import EditConfig
 from .srattn import SRAttention
 from .trace import EditObserver, Recorder
+
+# an attention hook of the user's beside the method's, or a function of the controller that makes one
+UserHook = AttentionHook | Callable[[EditController], AttentionHook]
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def invert(sd: StableDiffusion, prep: Prepared, cfg: EditConfig, feature_blocks:
     `feature_blocks` x `feature_steps` (editing step indices; a sweep asks for the union of its runs')."""
     t0 = time.perf_counter()
     z0 = sampling.encode(sd, prep.images)
-    ddim = sampling.DDIM(cfg.steps, config=sd.scheduler_config)
+    ddim = sampling.ddim_for(sd, cfg.steps)  # the model's schedule and prediction type (§2.4, §9.4)
     refs = prep.references if cfg.use_reference else []
     prompts = [cfg.source_prompt] + [cfg.reference_prompt if r.prompt is None else r.prompt for r in refs]
     features, keep, maps = None, contextlib.nullcontext(), None
@@ -152,8 +155,9 @@ def reference_masks_s(prep: Prepared, inv: Inversion, cfg: EditConfig) -> list[n
 
 @torch.no_grad()
 def edit_stage(sd: StableDiffusion, prep: Prepared, inv: Inversion, cfg: EditConfig, progress: bool = True,
-               observer: EditObserver | None = None) -> EditResult:
-    """Stage 2 (§4): P2P with the reconstruction path; SR-attn in the chosen layers and steps."""
+               observer: EditObserver | None = None, hook: UserHook | None = None) -> EditResult:
+    """Stage 2 (§4): P2P with the reconstruction path; SR-attn in the chosen layers and steps. `hook`: an attention
+    hook of the user's beside the method's, or a function of the EditController that makes one (docs/modify.md)."""
     key = stage1_key(cfg, prep.references)
     if inv.key != key:
         raise ValueError(f"this inversion was made for other stage-1 settings ({inv.key}) than {key}")
@@ -173,6 +177,8 @@ def edit_stage(sd: StableDiffusion, prep: Prepared, inv: Inversion, cfg: EditCon
                          stack if cfg.masks in ("both", "s") else None, prep.groups, mask_t, cfg.interp, cfg.thres,
                          probe)
     controller, blend = EditController(P2PEdit(plan, latent_hw), maps, sr), LocalBlend(plan, maps)
+    if hook is not None:
+        controller.extra = hook if isinstance(hook, AttentionHook) else hook(controller)
     context = sd.encode_prompts(["", "", cfg.source_prompt, cfg.target_prompt])  # [u, u, c_src, c_tgt]
     t0 = time.perf_counter()
     last = blend_mask = None
@@ -201,12 +207,12 @@ def edit_stage(sd: StableDiffusion, prep: Prepared, inv: Inversion, cfg: EditCon
 @torch.no_grad()
 def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: Any, config: EditConfig,
          reference_mask_file: str | Path | Image.Image | None = None, progress: bool = True,
-         observer: EditObserver | None = None, inspect: bool = False) -> EditResult:
+         observer: EditObserver | None = None, inspect: bool = False, hook: UserHook | None = None) -> EditResult:
     """Edit `source` so that the target words' region becomes the reference object (§3-§4); `reference` may be one
     image (with `reference_mask_file`, or "auto") or a list of `Reference`s (views, one per target word; §8).
 
     inspect=True records what stage 2 computes (result.inspection, a specref.trace.Recorder: per-step latents,
-    masks, the word maps, SR-attn's change and reference mass); the edit itself is the same.
+    masks, the word maps, SR-attn's change and reference mass); the edit itself is the same. `hook`: see edit_stage.
     """
     if inspect and observer is not None:
         raise ValueError("give inspect=True or an observer, not both")
@@ -215,7 +221,7 @@ def edit(sd: StableDiffusion, source: str | Path | Image.Image, reference: Any, 
     inv = invert(sd, prep, cfg, range(*cfg.sr_layers), range(*cfg.sr_steps), progress)
     if inspect:
         observer = Recorder(inv.ddim, cfg.guidance, sr=True, x0_steps=x0_steps(cfg.steps))
-    result = edit_stage(sd, prep, inv, cfg, progress, observer)
+    result = edit_stage(sd, prep, inv, cfg, progress, observer, hook)
     result.inspection = observer if inspect else None
     result.timings["total"] = time.perf_counter() - t0
     return result

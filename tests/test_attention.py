@@ -6,7 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from model.attention import attention, explicit_attention
-from specref.srattn import log_mask_bias, sr_attention
+from specref.srattn import ReferenceKeys, log_mask_bias, sr_attention
 
 
 def qkv(b=2, n=50, c=64, dtype=torch.float32, seed=3):
@@ -61,7 +61,7 @@ def test_log_mask_bias_in_bfloat16_is_finite(keep):
     mask_s = torch.zeros(1024, dtype=torch.bool)
     mask_s[keep] = True
     for fused in (True, False):
-        out = sr_attention(q, k, v, k, v, 8, mask_s, None, fused=fused)
+        out = sr_attention(q, k, v, [ReferenceKeys(k, v, mask_s)], [None], 8, fused=fused)
         assert out.isfinite().all()
         if len(keep) == 1:  # one reference key: every query takes exactly its value
             assert torch.equal(out[0], v[0, keep].expand(1024, -1))

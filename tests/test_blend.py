@@ -1,4 +1,4 @@
-"""SPEC §4.3: Local Blend mask, by hand on toy maps."""
+"""§4.3: Local Blend mask, by hand on toy maps."""
 from __future__ import annotations
 
 import pytest

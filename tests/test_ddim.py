@@ -1,4 +1,4 @@
-"""DDIM schedule, step and inversion step against diffusers' DDIMScheduler and SPEC §2 written out here."""
+"""DDIM schedule, step and inversion step against diffusers' DDIMScheduler and §2 written out here."""
 import pytest
 import torch
 
@@ -49,7 +49,7 @@ def test_options_match_diffusers(n):
 
 
 def test_config_dict_sets_noise_schedule_only():
-    # A real SD v1 scheduler_config says set_alpha_to_one false; the method keeps its own (SPEC §2).
+    # A real SD v1 scheduler_config says set_alpha_to_one false; the method keeps its own (§2).
     cfg = dict(OTHER, num_train_timesteps=1000, set_alpha_to_one=False, steps_offset=0, trained_betas=None,
                prediction_type="epsilon", timestep_spacing="leading")
     ours = sampling.DDIM(20, config=cfg)

@@ -1,4 +1,4 @@
-"""The float64 verification mode (issue 17): every part runs in float64, agrees with float32 to float32
+"""The float64 verification mode (§5): every part runs in float64, agrees with float32 to float32
 precision, and an edit in float64 is deterministic across thread counts."""
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_edit_in_float64_never_drops_to_float32(sd64):
     ops = FloatOps()
     with ops:
         res = run(sd64, cfg)
-    # The one float32 computation is deliberate: the DDIM schedule is float32 by definition (SPEC §2), and both
+    # The one float32 computation is deliberate: the DDIM schedule is float32 by definition (§2), and both
     # modes use its values (DDIM.alpha_bar returns them as Python floats).
     schedule = {"aten.linspace.default", "aten.pow.Tensor_Scalar", "aten.rsub.Scalar", "aten.cumprod.default",
                 "aten.lift_fresh.default", "aten.select.int"}

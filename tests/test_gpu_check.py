@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py (issue 20): says so and exits 0 without CUDA; runs every check on a CUDA device."""
+"""scripts/gpu_check.py: says so and exits 0 without CUDA; runs every check on a CUDA device."""
 from __future__ import annotations
 
 import subprocess

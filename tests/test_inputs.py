@@ -1,4 +1,4 @@
-"""Inputs a new user gets wrong (issue 20): a tiny source image warns; an empty mask file's error names the file."""
+"""Inputs a new user gets wrong: a tiny source image warns; an empty mask file's error names the file."""
 from __future__ import annotations
 
 import re

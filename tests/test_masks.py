@@ -1,4 +1,4 @@
-"""SPEC §4.4 / §5: reading masks, point-sampled resizes, mask_t from the cross-attention maps."""
+"""§4.4 / §5: reading masks, point-sampled resizes, mask_t from the cross-attention maps."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -206,4 +206,4 @@ MIRROR_MASK = Path(__file__).resolve().parents[2] / "shared/examples/mirror-tige
 def test_mirror_tiger_mask_file():
     m, nb = read_mask(MIRROR_MASK), read_mask(MIRROR_MASK, kind="nonblack")
     assert m.shape == (512, 512)
-    assert 0.005 < nb.mean() - m.mean() < 0.03  # about 1 % of the pixels are JPEG ringing (SPEC §4.4)
+    assert 0.005 < nb.mean() - m.mean() < 0.03  # about 1 % of the pixels are JPEG ringing (§4.4)

@@ -129,14 +129,14 @@ def test_hook_sees_16_self_and_16_cross_with_sizes(tiny_sd):
     selfs = [c for c in rec.calls if c[1] == "self"]
     cross = [c for c in rec.calls if c[1] == "cross"]
     assert [c[0] for c in selfs] == list(range(16)) and [c[0] for c in cross] == list(range(16))
-    sides = [1, 1, 2, 2, 4, 4, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1]  # SPEC §2: 64² 64² 32² 32² 16² 16² 8² 16²x3 32²x3 64²x3
+    sides = [1, 1, 2, 2, 4, 4, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1]  # §2: 64² 64² 32² 32² 16² 16² 8² 16²x3 32²x3 64²x3
     assert [(c[2], c[3]) for c in selfs] == [(64 // s, 48 // s) for s in sides]
     assert all(c[4] == 7 for c in rec.calls)
     assert all(c[6][1] == 77 for c in cross) and all(c[6][1] == c[5][1] for c in selfs)
 
 
 def test_block_levels_follow_spec_table(tiny_sd):
-    # SPEC §2: down 0-5 at 64², 64², 32², 32², 16², 16²; mid 6 at 8²; up 7-9 at 16², 10-12 at 32², 13-15 at 64².
+    # §2: down 0-5 at 64², 64², 32², 32², 16², 16²; mid 6 at 8²; up 7-9 at 16², 10-12 at 32², 13-15 at 64².
     assert tiny_sd.unet.block_levels() == {0: 0, 1: 0, 2: 1, 3: 1, 4: 2, 5: 2, 6: 3, 7: 2, 8: 2, 9: 2,
                                            10: 1, 11: 1, 12: 1, 13: 0, 14: 0, 15: 0}
 

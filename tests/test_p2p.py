@@ -1,4 +1,4 @@
-"""SPEC §4.1: Replace / Refine mappers, Reweight, word-time alphas, the cross-attention edit."""
+"""§4.1: Replace / Refine mappers, Reweight, word-time alphas, the cross-attention edit."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""dtype selection (issue 20): `auto` by device and CPU capability (probe mocked), the bf16 warning, run.json."""
+"""dtype selection: `auto` by device and CPU capability (probe mocked), the bf16 warning, run.json."""
 from __future__ import annotations
 
 import json

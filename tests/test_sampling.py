@@ -122,7 +122,7 @@ def test_invert_matches_spec_loop(tiny_sd, ref):
     assert zs.shape == (steps + 1, 2, 4, 8, 8) and zs.dtype == torch.float32
     assert torch.equal(zs[0], z0)
 
-    # SPEC §2 inversion written out, with diffusers' UNet and alphas
+    # §2 inversion written out, with diffusers' UNet and alphas
     ac = diffusers.DDIMScheduler(num_train_timesteps=1000, **SD_V1).alphas_cumprod
     ctx, x = encode(prompts), z0
     for j, t in enumerate(range(1, 1000, 200)):

@@ -1,4 +1,4 @@
-"""Stable Diffusion 2.x (SPEC §9) on seeded tiny SD 2 models, against diffusers/transformers and written-out math.
+"""Stable Diffusion 2.x (§9) on seeded tiny SD 2 models, against diffusers/transformers and written-out math.
 
 Folders (2.x-v: v-prediction, upcast attention, its own sample size; 2.x-base: epsilon), LDM single files (the
 released OpenCLIP layout with its unused last layer, or diffusers' 23-layer convention; with or without a yaml),
@@ -28,7 +28,7 @@ transformers = pytest.importorskip("transformers")
 
 OPENCLIP = "cond_stage_model.model."
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                clip_sample=False, set_alpha_to_one=True, steps_offset=1)  # SPEC §2's DDIM settings
+                clip_sample=False, set_alpha_to_one=True, steps_offset=1)  # §2's DDIM settings
 TEXTS = [
     "a cat sitting next to a mirror", "don't stop, it's 1234 dogs??", "Café naïve résumé Ångström",
     "emoji 🐱🔥 ok 👍🏽", "中文 日本語テスト 한국어", "3.14159 and 2,000,000", "", "x&amp;y <b>tag</b> #hash @at",
@@ -320,7 +320,7 @@ def test_upcast_is_a_no_op_in_float32_and_float64(dtype):
 
 # ---- §9.4 v-prediction DDIM ------------------------------------------------------------------------------------------
 def _schedulers(n: int, prediction_type: str, dtype: torch.dtype):
-    """diffusers' DDIM and DDIM inverse schedulers; in float64 their alphas (the float32 schedule's values, SPEC §2)
+    """diffusers' DDIM and DDIM inverse schedulers; in float64 their alphas (the float32 schedule's values, §2)
     are held in float64, so the update's arithmetic is float64 as ours is."""
     fwd = diffusers.DDIMScheduler(**SCHEDULE, prediction_type=prediction_type)
     inv = diffusers.DDIMInverseScheduler(**SCHEDULE, prediction_type=prediction_type)
@@ -353,7 +353,7 @@ def test_epsilon_ddim_unchanged_bit_for_bit():
     x, eps = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
     for t in ddim.timesteps.tolist():
         a, b = ddim.alpha_bar(t), ddim.alpha_bar(t - 100)
-        spec = b**0.5 * ((x - (1 - a) ** 0.5 * eps) / a**0.5) + (1 - b) ** 0.5 * eps  # SPEC §2, as written before
+        spec = b**0.5 * ((x - (1 - a) ** 0.5 * eps) / a**0.5) + (1 - b) ** 0.5 * eps  # §2, as written before
         assert torch.equal(ddim.step(eps, t, x), spec) and torch.equal(explicit.step(eps, t, x), spec)
     assert ddim.prediction_type == "epsilon" and "prediction_type='epsilon'" in repr(ddim)
 
@@ -438,7 +438,7 @@ def test_released_layout_single_file_matches_diffusers(sd2_dirs, ldm_files, fold
         "whole.safetensors: assumed upcast_attention on (on for SD 2 v-prediction models: float32 attention in half "
         "precision, as SD 2.1-768 needs)",
         "whole.safetensors: text encoder: ignored the last of its 3 OpenCLIP layers, text_projection and logit_scale "
-        "(SD 2 reads the penultimate layer, SPEC §9.1)"]
+        "(SD 2 reads the penultimate layer, §9.1)"]
     assert sd.extra["assumptions"] == err
     assert (sd.family, sd.prediction_type, sd.native_size) == ("sd2", "v_prediction", 768)
     assert sd.unet.config.heads == (1, 1, 2, 2) and sd.unet.config.upcast_attention

@@ -1,4 +1,4 @@
-"""Packaging (issue 20): a wheel built from the repo carries the CLIP vocabulary and the demo model, and the
+"""Packaging: a wheel built from the repo carries the CLIP vocabulary and the demo model, and the
 demo edit runs from it with no --model, from another directory, in a fresh virtual environment.
 
 Offline: the new environment reuses the installed torch/numpy/... through a .pth file pointing at a folder of

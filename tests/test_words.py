@@ -1,4 +1,4 @@
-"""SPEC §4.2: word -> token positions agree with the reference's get_word_inds on the presets."""
+"""§4.2: word -> token positions agree with the reference's get_word_inds on the presets."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import torch
 from model.tokenizer import BUNDLED_VOCAB, CLIPTokenizer, _vocab_from_bpe_file
 from specref.words import word_token_indices, word_vector, words_of
 
-# SPEC §6 presets: (source, target, words of the source, words of the target)
+# §6 presets: (source, target, words of the source, words of the target)
 PRESETS = {
     "mirror-tiger": ("a cat sitting next to a mirror", "a tiger sitting next to a mirror", ["cat"], ["tiger"]),
     "mirror-dog13": ("a cat sitting next to a mirror", "a dog sitting next to a mirror", ["cat"], ["dog"]),

@@ -1,7 +1,7 @@
 """Seeded random models in the full SD v1 and SD 2 topologies with small widths, built with diffusers/transformers.
 
 4 UNet levels, 2 layers per block, 16 transformer blocks, 8x VAE, the real 49,408-token vocabulary.
-SD 2 (SPEC §9): linear proj_in/out, heads per level (64-channel heads), context width = text width, a GELU text
+SD 2 (§9): linear proj_in/out, heads per level (64-channel heads), context width = text width, a GELU text
 encoder in diffusers' 23-layer convention (the penultimate OpenCLIP layer), "!" padding, v or epsilon scheduler.
 Used by the tests as the *independent* implementation that ours must agree with.
 """
@@ -160,7 +160,7 @@ def to_ldm_state(folder: Path, ema: bool = False, whole_tower: bool = True) -> d
 
     Written by inverting the project's rename tables; diffusers' own single-file loader reading the result
     is the independent check of those tables. An SD 2 folder (GELU text encoder) gets the OpenCLIP layout
-    (SPEC §9.1): with `whole_tower`, as released files are (one more, unused last layer, text_projection and
+    (§9.1): with `whole_tower`, as released files are (one more, unused last layer, text_projection and
     logit_scale); without, as a file written from a diffusers model is (its layers only).
     """
     from safetensors.torch import load_file

@@ -1,7 +1,7 @@
 """Checkpoint loading: diffusers folders, LDM single files (.safetensors/.ckpt), Hub repo ids; SD 1.x and 2.x.
 
     sd = weights.load_model(source, dtype=torch.float32, device="cpu")
-    sd.family, sd.prediction_type, sd.native_size  # "sd1"/"sd2", "epsilon"/"v_prediction", 512/768 (SPEC §9)
+    sd.family, sd.prediction_type, sd.native_size  # "sd1"/"sd2", "epsilon"/"v_prediction", 512/768 (§9)
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def load_model(source: str | Path | None = None, dtype: torch.dtype | str = torc
     dtype: a torch.dtype or a name, "auto" included (weights.precision.resolve_dtype: float16 on CUDA, bfloat16
     on a CPU with native bf16, else float32).
     prediction_type: "epsilon" or "v_prediction" to override what the scheduler config or the LDM yaml says, or
-    what is assumed for an SD 2 single file without a yaml (SPEC §9.5; every assumption is printed on stderr and
+    what is assumed for an SD 2 single file without a yaml (§9.5; every assumption is printed on stderr and
     kept in sd.extra["assumptions"]).
     """
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:

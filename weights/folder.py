@@ -1,7 +1,7 @@
 """Diffusers-layout folders: model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/.
 
 Module names follow this layout, so weights load with no renaming (only text-encoder keys may lack
-the `text_model.` prefix in some exports). SD 2 folders (SPEC §9) have the same layout: the family is read from
+the `text_model.` prefix in some exports). SD 2 folders (§9) have the same layout: the family is read from
 the text encoder (GELU: OpenCLIP), the prediction type from the scheduler config, the pad token from the tokenizer
 folder, heads and upcast_attention from the UNet config.
 """
@@ -79,7 +79,7 @@ def load_folder(folder: str | Path, dtype: torch.dtype = torch.float32, device: 
                                                    family, folder.name)
     notes = [line] if line else []
     if "upcast_attention" not in unet_raw and family == "sd2" and prediction_type == "v_prediction":
-        # SPEC §9.3: a config without the key is older than it; SD 2.1-768 needs it, and it is harmless elsewhere.
+        # §9.3: a config without the key is older than it; SD 2.1-768 needs it, and it is harmless elsewhere.
         unet_cfg = dataclasses.replace(unet_cfg, upcast_attention=True)
         notes.append(f"{folder.name}: assumed upcast_attention on (its UNet config names none; on for SD 2 "
                      "v-prediction models, float32 attention in half precision as SD 2.1-768 needs)")
@@ -113,13 +113,13 @@ def check_configs(folder: Path, where: str | None = None) -> dict:
 
 
 def family_of(text_cfg: CLIPTextConfig) -> str:
-    """"sd2" for SD 2's OpenCLIP ViT-H text encoder (GELU), "sd1" for OpenAI CLIP's (quick-GELU) (SPEC §9.1)."""
+    """"sd2" for SD 2's OpenCLIP ViT-H text encoder (GELU), "sd1" for OpenAI CLIP's (quick-GELU) (§9.1)."""
     return "sd2" if text_cfg.hidden_act == "gelu" else "sd1"
 
 
 def choose_prediction_type(given: str | None, stored: str | None, family: str, where: str) -> tuple[str, str | None]:
     """The model's prediction type and a note to print: `given` (the caller's) wins over `stored` (the scheduler
-    config's), which wins over diffusers' default "epsilon" (SPEC §9.4)."""
+    config's), which wins over diffusers' default "epsilon" (§9.4)."""
     for value, whose in ((given, "prediction_type"), (stored, f"{where}'s scheduler config prediction_type")):
         if value is not None and value not in PREDICTION_TYPES:
             raise UnsupportedCheckpoint(f"{whose} {value!r} is not supported "

@@ -3,8 +3,8 @@
 The renames are data: prefix tables built from the number of levels and layers per block (read from
 the keys), plus a few inner renames. The architecture comes from tensor shapes and the family's fixed rules
 (SD 1: UNet 8 heads everywhere, CLIP heads = width / 64; SD 2: UNet heads = channels / 64, OpenCLIP text tower,
-SPEC §9.3, §9.1), never from hard-coded SD1.5 sizes. What a file does not store (SD 2's prediction type, native
-size, upcast_attention) comes from its LDM yaml where there is one, else from the rules of SPEC §9.5, each printed.
+§9.3, §9.1), never from hard-coded SD1.5 sizes. What a file does not store (SD 2's prediction type, native
+size, upcast_attention) comes from its LDM yaml where there is one, else from the rules of §9.5, each printed.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ IGNORED = {
 
 RESNET_INNER = [("in_layers.0.", "norm1."), ("in_layers.2.", "conv1."), ("emb_layers.1.", "time_emb_proj."),
                 ("out_layers.0.", "norm2."), ("out_layers.3.", "conv2."), ("skip_connection.", "conv_shortcut.")]
-SD2_HEAD_CHANNELS = 64  # SPEC §9.3: SD 2's UNet heads have 64 channels (its yamls' num_head_channels: 64)
-SD2_V_SIZE, SD2_EPS_SIZE = 768, 512  # SPEC §9.5: SD 2 v-prediction models are 768 px, epsilon (base) ones 512
+SD2_HEAD_CHANNELS = 64  # §9.3: SD 2's UNet heads have 64 channels (its yamls' num_head_channels: 64)
+SD2_V_SIZE, SD2_EPS_SIZE = 768, 512  # §9.5: SD 2 v-prediction models are 768 px, epsilon (base) ones 512
 SD20_BASE_GLOBAL_STEP = 875000  # diffusers' marker of SD 2.0-base among SD 2 files (see choose_single_file_type)
 VAE_INNER = [("nin_shortcut.", "conv_shortcut."), ("attentions.0.norm.", "attentions.0.group_norm."),
              ("attentions.0.q.", "attentions.0.to_q."), ("attentions.0.k.", "attentions.0.to_k."),
@@ -117,12 +117,12 @@ def detect(keys: list[str], name: str, shape: Callable[[str], tuple[int, ...]] |
 def load_single_file(path, dtype: torch.dtype = torch.float32, device="cpu", use_ema: bool = True,
                      prediction_type: str | None = None) -> StableDiffusion:
     """Load an original SD 1.x / 2.x single-file checkpoint (.safetensors or .ckpt), with its LDM yaml if one is
-    beside it (SPEC §9.5); `prediction_type` overrides what the yaml says or the rules assume."""
+    beside it (§9.5); `prediction_type` overrides what the yaml says or the rules assume."""
     src = TensorSource(path)
     keys = src.keys()
     name = src.path.name
     family = detect(keys, name, src.shape)
-    # SD 1 files load as they always have (no yaml read); SD 2 files read theirs (SPEC §9.5).
+    # SD 1 files load as they always have (no yaml read); SD 2 files read theirs (§9.5).
     yaml_path, yaml_note = find_ldm_config(src.path) if family == "sd2" else (None, None)
     yaml = read_ldm_config(yaml_path) if yaml_path is not None else None
     notes = [yaml_note] if yaml_note else []
@@ -173,7 +173,7 @@ def load_single_file(path, dtype: torch.dtype = torch.float32, device="cpu", use
         text_cfg = openclip_config(text_map, src.shape)
         if any(".resblocks." in k for k in ignored):
             notes.append(f"{name}: text encoder: ignored the last of its {file_layers} OpenCLIP layers, "
-                         "text_projection and logit_scale (SD 2 reads the penultimate layer, SPEC §9.1)")
+                         "text_projection and logit_scale (SD 2 reads the penultimate layer, §9.1)")
     else:
         text_keys = [k for k in keys if k.startswith(TEXT) and k not in IGNORED]
         text_map, ignored = {text_key(k[len(TEXT):]): k for k in text_keys}, []
@@ -196,19 +196,19 @@ def load_single_file(path, dtype: torch.dtype = torch.float32, device="cpu", use
     fill_module(unet, src, unet_map, "unet", dtype, device)
     # LDM stores the VAE attention projections as 1x1 convolutions; ours are linear layers.
     fill_module(vae, src, vae_map, "vae", dtype, device, fix=_squeeze_1x1)
-    # OpenCLIP stores q, k, v stacked in one in_proj (SPEC §9.1).
+    # OpenCLIP stores q, k, v stacked in one in_proj (§9.1).
     fill_module(text, src, text_map, "text_encoder", dtype, device, fix=split_fused if family == "sd2" else None)
     for line in notes:
         note(line)
     extra = {"ema": take_ema} | ({"config_file": str(yaml_path)} if yaml_path else {})
     extra |= {"assumptions": notes} if notes else {}
-    tokenizer = CLIPTokenizer.bundled(SD2_PAD if family == "sd2" else EOS)  # SPEC §9.2
+    tokenizer = CLIPTokenizer.bundled(SD2_PAD if family == "sd2" else EOS)  # §9.2
     return StableDiffusion(tokenizer, text, unet, vae, vae_cfg.scaling_factor, None, str(path), extra, family, kind)
 
 
 def choose_single_file_type(given: str | None, yaml: LDMConfig | None, family: str, name: str,
                             global_step: int | None) -> tuple[str, str | None]:
-    """The prediction type of a single file and a note to print (SPEC §9.5): the caller's, else the yaml's, else
+    """The prediction type of a single file and a note to print (§9.5): the caller's, else the yaml's, else
     SD 1: epsilon; SD 2: diffusers' rule (diffusers/loaders/single_file_utils.py, _legacy_load_scheduler, and the
     older convert_from_ckpt): "epsilon" if the file's global_step is 875000 (SD 2.0-base) else "v_prediction"."""
     if given is not None:
@@ -229,7 +229,7 @@ def choose_single_file_type(given: str | None, yaml: LDMConfig | None, family: s
 
 
 def single_file_assumptions(family: str, kind: str, name: str) -> tuple[int, bool, list[str]]:
-    """(UNet sample_size, upcast_attention, notes) of a single file, which stores neither (SPEC §9.5): SD 1 is
+    """(UNet sample_size, upcast_attention, notes) of a single file, which stores neither (§9.5): SD 1 is
     64 (512 px) without upcast; SD 2 is 768 px with upcast for v models, 512 px without for epsilon models. An LDM
     yaml does not tell them: its model.params.image_size is 64 in both released SD 2 yamls (the 768 v one too), and
     LDM's attention is always float32 (ATTN_PRECISION), so neither is read from it."""

@@ -1,6 +1,6 @@
 """The LDM inference yaml beside a single file (`v2-inference(-v).yaml`): a small reader and the few keys used.
 
-SPEC §9.5. No pyyaml at run time: the reader takes the block YAML these configs are written in (nested mappings,
+§9.5. No pyyaml at run time: the reader takes the block YAML these configs are written in (nested mappings,
 `- item` lists, `[a, b]` flow lists, plain or quoted scalars, `#` comments) and refuses anything else.
 Which yaml belongs to an SD 2 file: `<stem>.yaml` beside it (the convention of the LDM tools); else the standard
 name `v2-inference-v.yaml` or `v2-inference.yaml` in its folder when exactly one of them is there (both: neither
@@ -138,7 +138,7 @@ def _list(lines: list, i: int, indent: int) -> tuple[list, int]:
 
 @dataclass(frozen=True)
 class LDMConfig:
-    """What this project reads from an LDM inference yaml (SPEC §9.5); None where the yaml does not say."""
+    """What this project reads from an LDM inference yaml (§9.5); None where the yaml does not say."""
 
     path: Path
     prediction_type: str  # model.params.parameterization: "v" -> v_prediction, "eps" or absent -> epsilon

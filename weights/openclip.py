@@ -1,6 +1,6 @@
 """SD 2's OpenCLIP text tower in an LDM single file (`cond_stage_model.model.*`) -> transformers' CLIPTextModel names.
 
-SPEC §9.1. The layout (as open_clip saves it; diffusers' convert_open_clip_checkpoint reads the same):
+§9.1. The layout (as open_clip saves it; diffusers' convert_open_clip_checkpoint reads the same):
 `token_embedding.weight`, `positional_embedding`, `transformer.resblocks.{i}.{ln_1, attn.in_proj_weight/bias
 (q, k, v stacked), attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}`, `ln_final`, and CLIP's contrastive head
 `text_projection` (+ `logit_scale`), which SD 2 never uses. SD 2 reads the penultimate layer through ln_final:

@@ -15,7 +15,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 NAMES = ("auto", *DTYPES)
 # /proc/cpuinfo flags of native bf16 matmul: AVX-512 BF16 (dot products) or AMX (tile matmul).
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# Measured (issue 20): a 1024² matmul on an AVX2-only AMD EPYC (Zen 3, 2 cores, torch 2.13.0) runs at 118 GFLOP/s
+# Measured (docs/bench.md): a 1024² matmul on an AVX2-only AMD EPYC (Zen 3, 2 cores, torch 2.13.0) runs at 118 GFLOP/s
 # in float32 and 0.85 GFLOP/s in bfloat16 (no native bf16 kernel: ~140x slower); 2048²: 77 vs 0.2 GFLOP/s.
 SLOWDOWN = ("a 1024² matmul measured 0.85 GFLOP/s in bfloat16 vs 118 in float32 (~140x slower) on an "
             "AVX2-only AMD EPYC (Zen 3)")

@@ -12,7 +12,7 @@ from model import StableDiffusion
 from .folder import WEIGHT_NAMES
 
 
-# SD's DDIM scheduler config (the schedule SPEC §2 uses; set_alpha_to_one/steps_offset are the method's anyway)
+# SD's DDIM scheduler config (the schedule §2 uses; set_alpha_to_one/steps_offset are the method's anyway)
 DDIM_CONFIG = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
 MODEL_INDEX = {"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
@@ -47,7 +47,7 @@ def save_folder(sd: StableDiffusion, folder: str | Path, dtype: torch.dtype | No
 
 
 def scheduler_config(sd: StableDiffusion) -> dict | None:
-    """The scheduler config to save: the model's own, with its prediction type (SPEC §9.4), which a loaded single
+    """The scheduler config to save: the model's own, with its prediction type (§9.4), which a loaded single
     file has from its yaml or an assumption and a folder from its config or the caller; none for an SD 1 epsilon
     model that came without one."""
     sched = sd.scheduler_config

@@ -1,4 +1,4 @@
-"""Refusing what is not an SD 1.x / 2.x text-to-image model, by name, before any weight is read (SPEC §9.5).
+"""Refusing what is not an SD 1.x / 2.x text-to-image model, by name, before any weight is read (§9.5).
 
 Each check reads only a pipeline class name, a UNet config or the keys and shapes of a single file, and raises
 UnsupportedCheckpoint with one line that says what the checkpoint is and what is supported.

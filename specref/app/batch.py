@@ -20,6 +20,7 @@ from model import StableDiffusion
 
 from .folders import RECORD, OutputError, check_folder, output_files, remove_stale
 from .jobs import Runtime, content_hash, make_job, split_job
+from .outputs import model_record
 from .study import Run, StudyResult, execute, fail, row, write_csv
 
 RUNTIME_KEYS = ("model", "dtype", "device", "quiet", "save_tensors", "out", "overwrite", "prediction_type")
@@ -135,8 +136,7 @@ def run_batch(sd: StableDiffusion | Callable[[], StableDiffusion], jobs: str | P
         info = model or {}
         if loaded is None:
             loaded, info = sd()
-        info = info or {"model": rt.model or loaded.source, "dtype": str(loaded.dtype).removeprefix("torch."),
-                        "device": str(loaded.device)}
+        info = info or model_record(loaded, rt.model)
         inversions = execute(loaded, pending, out, rt, info, on_done=done, bar=bar)
     bar.close()
     save()

@@ -16,10 +16,9 @@ from ..settings import PROMPTS, SETTINGS, EditConfig, flag, parse_value
 from . import demo
 from .batch import batch_command
 from .commands import load_model, run_edit, run_reconstruct, run_sample
-from .folders import check_folder
 from .jobs import Runtime, make_job
 from .metrics import MARGIN
-from .sweep import flag_runs, parse_vary, run_sweep
+from .sweep import sweep_command
 
 INPUT_FLAGS = ("source", "reference", "reference_mask", "reference_for", "source_mask", "preset", "no_reference",
                "metrics_margin")
@@ -58,6 +57,8 @@ def add_runtime(p: argparse.ArgumentParser, out: str, out_help: str) -> None:
                    "auto: float16 on CUDA, bfloat16 on a CPU with native bf16, else float32 (bfloat16 without native "
                    "support is ~140x slower and warns); float64: the verification mode (docs/spec.md §5)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    g.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), help="what an SD 2 single file's "
+                   "UNet predicts, where no yaml beside it says (§9.5) [the yaml's, else a printed assumption]")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--out", default=out, help=out_help)
     g.add_argument("--overwrite", action="store_true", help="replace a previous output of specref there (a folder "
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def runtime(args: argparse.Namespace) -> Runtime:
     """The runtime flags as a Runtime."""
     return Runtime(args.model, args.dtype, args.device, not args.quiet, getattr(args, "save_tensors", False),
-                   args.overwrite)
+                   args.overwrite, args.prediction_type)
 
 
 def edit_values(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -159,21 +160,13 @@ def dispatch(args: argparse.Namespace) -> int:
         trace, inspect = (Path(p) if p else None for p in (args.trace, args.inspect))
         print(f"wrote {run_edit(make_job(*edit_values(args)), rt, Path(args.out), trace, inspect)}")
     elif args.command == "sweep":
-        given, inputs = edit_values(args)
-        make_job(given, inputs)  # the base flags make an edit
-        runs = flag_runs(given, inputs, parse_vary(args.vary), args.zip)
-        check_folder(args.out, [p for r in runs if r.job for p in r.job.input_paths()], rt.overwrite)
-        sd, model = load_model(rt)
-        res = run_sweep(sd, runs, [k for k in runs[0].labels] if runs else [], args.zip, Path(args.out), rt, model)
-        for r in res.failed:
-            print(f"run {r.name} failed: {r.error}")
-        print(f"wrote {res.out} ({len(res.runs)} runs, {res.inversions} inversion(s), {len(res.failed)} failed)")
-        return min(len(res.failed), 255)
+        return sweep_command(lambda: load_model(rt), *edit_values(args), args.vary, args.zip, Path(args.out), rt)
     elif args.command == "batch":
         return batch_command(lambda: load_model(rt), args.jobs, Path(args.out), rt)
     elif args.command == "sample":
-        print(f"wrote {run_sample(rt, args.prompt, Path(args.out), args.negative_prompt, args.steps, args.guidance,
-                                  args.height, args.width, args.seed)}")
+        out = run_sample(rt, args.prompt, Path(args.out), args.negative_prompt, args.steps, args.guidance, args.height,
+                         args.width, args.seed)
+        print(f"wrote {out}")
     else:
         db = run_reconstruct(rt, Path(args.image), Path(args.out), args.prompt, args.steps, args.guidance, args.size)
         print(f"PSNR reconstruction vs source: {db['reconstruction']:.2f} dB (VAE alone: {db['vae_only']:.2f} dB)")

@@ -19,7 +19,7 @@ from ..trace import Recorder, load_trace, save_trace
 from .folders import OutputError, check_file, check_folder, record_mark, staged_folder, write_file
 from .jobs import EditJob, Runtime
 from .metrics import PeakMemory
-from .outputs import write_edit
+from .outputs import model_record, write_edit
 from .pictures import write_inspection
 
 PNG_MARK = "specref"  # the PNG text entry that marks an image written by `sample`
@@ -30,9 +30,8 @@ def load_model(runtime: Runtime) -> tuple[StableDiffusion, dict]:
     dtype, reason = precision.resolve_dtype(runtime.dtype, runtime.device)
     name = precision.dtype_name(dtype)
     print(f"dtype {name} on {runtime.device} ({reason})")
-    sd = weights.load_model(runtime.model, dtype=dtype, device=runtime.device)
-    return sd, {"model": runtime.model or str(weights.DEFAULT_MODEL), "dtype": name, "dtype_reason": reason,
-                "device": str(runtime.device)}
+    sd = weights.load_model(runtime.model, dtype=dtype, device=runtime.device, prediction_type=runtime.prediction_type)
+    return sd, model_record(sd, runtime.model or str(weights.DEFAULT_MODEL), reason)
 
 
 def is_trace(path: Path) -> bool:
@@ -74,7 +73,7 @@ def run_edit(job: EditJob, runtime: Runtime, out: Path, trace: Path | None = Non
     rec = None
     if inspect or trace:  # the Recorder only reads: the edit is the same without it
         n = job.config.steps
-        rec = Recorder(sampling.DDIM(n, config=sd.scheduler_config), job.config.guidance, sr=bool(inspect),
+        rec = Recorder(sampling.ddim_for(sd, n), job.config.guidance, sr=bool(inspect),
                        x0_steps=x0_steps(n) if inspect else ())
     with PeakMemory(runtime.device) as peak:
         result = edit(sd, inputs, None, job.config, progress=runtime.progress, observer=rec)

@@ -16,7 +16,8 @@ import argparse
 
 from weights import ASSETS, precision
 
-from ..settings import BLEND_BLOCKS, EditConfig
+from ..settings import BLEND_BLOCKS, EditConfig, canonical, parse_value
+from .jobs import EditJob, make_job
 
 EXAMPLE = ASSETS / "examples" / "toy-checker"
 # Where mask_t and Local Blend read the demo model's words: the 16x16 cross-attention of up block 3, not §4.3's
@@ -29,7 +30,7 @@ EDIT = ["--source-prompt", "a red circle on a gray background", "--target-prompt
         "--map-blocks", ",".join(map(str, TOY_MAP_BLOCKS))]  # + --sr-steps 10-50, scaled to --steps
 # Other models get the editor's defaults for what EDIT tunes to the demo model: §4.3's map blocks, the mask_t
 # threshold and the mask resizing.
-SPEC_MASKS = ["--map-blocks", ",".join(map(str, BLEND_BLOCKS)), "--thres", str(EditConfig.thres),
+EDITOR_MASKS = ["--map-blocks", ",".join(map(str, BLEND_BLOCKS)), "--thres", str(EditConfig.thres),
               "--interp", EditConfig.interp]
 
 
@@ -54,7 +55,7 @@ def edit_argvs(args: argparse.Namespace) -> list[list[str]]:
     files = ["--source", str(EXAMPLE / "source.png"), "--reference", str(EXAMPLE / "reference.png"),
              "--reference-mask", str(EXAMPLE / "reference_mask.png")]
     sr = ["--sr-steps", f"{max(1, round(10 * args.steps / 50))}-{args.steps}"]  # the example's 10-50, scaled
-    model = ["--model", args.model, *SPEC_MASKS] if args.model else []
+    model = ["--model", args.model, *EDITOR_MASKS] if args.model else []
     extra = (["--dtype", args.dtype] if args.dtype else []) + (["--quiet"] if args.quiet else [])
     # the demo replaces its own previous output (only a folder that holds just what a specref run wrote)
     common = ["edit", *files, *EDIT, "--steps", str(args.steps), *sr, *model, *extra, "--overwrite"]
@@ -63,3 +64,14 @@ def edit_argvs(args: argparse.Namespace) -> list[list[str]]:
     if args.baseline:
         argvs.append([*common, "--no-reference", "--out", args.out + "-baseline"])
     return argvs
+
+
+
+def example_job(steps: int = 50, **settings: object) -> EditJob:
+    """The shipped example's edit as an EditJob (its flags, SR steps scaled as the demo scales them) with `settings`
+    on top: what scripts and recipes run on the demo model."""
+    flags = EDIT + ["--sr-steps", f"{max(1, round(10 * steps / 50))}-{steps}", "--steps", str(steps)]
+    given = {canonical(f): parse_value(f, v) for f, v in zip(flags[::2], flags[1::2])} | settings
+    inputs = {"source": str(EXAMPLE / "source.png"), "reference": str(EXAMPLE / "reference.png"),
+              "reference_mask": str(EXAMPLE / "reference_mask.png")}
+    return make_job(given, inputs)

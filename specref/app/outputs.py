@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from model import StableDiffusion
+
 from ..images import load_image, mask_to_pil
 from ..pipeline import EditResult
 from ..references import Reference
@@ -77,6 +79,14 @@ def summary_image(source: Image.Image, references: list[Image.Image], result: Ed
         draw.text((x + 4, 3), label, fill="black")
         x += t.width + 4
     return sheet
+
+
+def model_record(sd: StableDiffusion, source: str | None = None, dtype_reason: str | None = None) -> dict:
+    """run.json's entries about the model: where it came from, its family and prediction type (with what its
+    loader had to assume, §9.5), its dtype (and why) and device."""
+    return {"model": source or sd.source or None, "family": sd.family, "prediction_type": sd.prediction_type,
+            "assumptions": sd.extra.get("assumptions", []), "dtype": str(sd.dtype).removeprefix("torch."),
+            "dtype_reason": dtype_reason, "device": str(sd.device)}
 
 
 def run_record(job: EditJob, result: EditResult, runtime: Runtime, model: dict, metrics: dict) -> dict:

@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ..settings import EditConfig, canonical, parse_value
 from .folders import RECORD, check_folder, record_mark, staged_folder
 from .jobs import INPUT_KEYS, EditJob, Runtime, make_job
 from .metrics import MARGIN
+from .outputs import model_record
 from .study import Run, StudyResult, error_text, execute, row, write_csv
 
 
@@ -126,9 +127,8 @@ def sweep(sd: StableDiffusion, source: Any, reference: Any, config: EditConfig, 
             run.status, run.error = "failed", error_text(e)
         runs.append(run)
     rt = runtime if isinstance(runtime, Runtime) else Runtime(**{"overwrite": overwrite, **(runtime or {})})
-    model = {"model": rt.model or sd.source or None, "dtype": str(sd.dtype).removeprefix("torch."),
-             "device": str(sd.device)}
-    return run_sweep(sd, runs, list(vary), zip, Path(out), dataclasses.replace(rt, progress=progress), model)
+    rt = dataclasses.replace(rt, progress=progress)
+    return run_sweep(sd, runs, list(vary), zip, Path(out), rt, model_record(sd, rt.model))
 
 
 def run_sweep(sd: StableDiffusion, runs: list[Run], names: list[str], zipped: bool, out: Path, runtime: Runtime,
@@ -145,6 +145,20 @@ def run_sweep(sd: StableDiffusion, runs: list[Run], names: list[str], zipped: bo
         files = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and not p.name.startswith(".")]
         (tmp / RECORD).write_text(json.dumps({"specref": record_mark("sweep", files)}, indent=1))
     return StudyResult(runs, inversions, out)
+
+
+def sweep_command(load: Callable[[], tuple[StableDiffusion, dict]], given: dict, inputs: dict, vary: list[str],
+                  zipped: bool, out: Path, runtime: Runtime) -> int:
+    """`sweep`: every check before the model loads, then the runs; exit code = failed runs."""
+    make_job(given, inputs)  # the base flags make an edit
+    runs = flag_runs(given, inputs, parse_vary(vary), zipped)
+    check_folder(out, [p for r in runs if r.job for p in r.job.input_paths()], runtime.overwrite)
+    sd, model = load()
+    res = run_sweep(sd, runs, list(runs[0].labels) if runs else [], zipped, out, runtime, model)
+    for r in res.failed:
+        print(f"run {r.name} failed: {r.error}")
+    print(f"wrote {res.out} ({len(res.runs)} runs, {res.inversions} inversion(s), {len(res.failed)} failed)")
+    return min(len(res.failed), 255)
 
 
 def contact_sheet(runs: list[Run], names: list[str], zipped: bool, out: Path, tile: int = 160) -> Image.Image:
