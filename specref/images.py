@@ -7,13 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 def load_image(source: str | Path | Image.Image, what: str = "image") -> Image.Image:
-    """An image file (or PIL image) -> PIL image; unreadable or non-image files get a clear error."""
+    """An image file (or PIL image) -> PIL image as a viewer shows it (as_viewed); unreadable or non-image files
+    get a clear error."""
     if isinstance(source, Image.Image):
-        return source
+        return as_viewed(source, what)
+    if Path(source).is_dir():
+        raise ValueError(f"{what} {source} is a folder, not an image file")
     try:
         img = Image.open(source)
         img.load()
@@ -21,7 +24,37 @@ def load_image(source: str | Path | Image.Image, what: str = "image") -> Image.I
         raise ValueError(f"{what} file {source} does not exist") from None
     except (OSError, UnidentifiedImageError) as e:
         raise ValueError(f"{what} file {source} is not a readable image ({e})") from None
-    return img
+    return as_viewed(img, f"{what} file {source}")
+
+
+# Modes Pillow converts to RGB as they look; 16-bit, 32-bit and float greyscale are rescaled below.
+_AS_IS = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX")
+_CONVERT = ("CMYK", "YCbCr", "LAB", "HSV")
+_WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def as_viewed(img: Image.Image, what: str = "image") -> Image.Image:
+    """The picture as a viewer shows it: EXIF orientation applied; 16-bit and 32-bit greyscale scaled to 8 bits
+    (v / 257, so a 16-bit picture equals its 8-bit version to rounding); float greyscale from [0, 1] (or 0-255 if
+    above 1); CMYK and other colour spaces converted to RGB; any other mode refused, naming it."""
+    name = getattr(img, "filename", "")
+    if img.getexif().get(0x0112, 1) != 1:  # the orientation tag: rotate / flip as viewers do
+        img = ImageOps.exif_transpose(img)
+    if img.mode in _AS_IS:
+        out = img
+    elif img.mode in _CONVERT:
+        out = img.convert("RGB")
+    elif img.mode in _WIDE or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{what} has non-finite pixel values (mode {img.mode})")
+        scale = 1 / 257 if img.mode in _WIDE else (255.0 if arr.max(initial=0) <= 1 else 1.0)
+        out = Image.fromarray(np.clip(np.round(arr * scale), 0, 255).astype(np.uint8), "L")
+    else:
+        raise ValueError(f"{what} is a {img.mode} image, which cannot be read as an RGB picture")
+    if name and not getattr(out, "filename", ""):
+        out.filename = name  # messages name the file
+    return out
 
 
 # Below this side an image carries too little to edit: it is upscaled to the working size (e.g. 1x1 px -> 512²).

@@ -111,6 +111,40 @@ def check_model(cfg: EditConfig, sd: StableDiffusion) -> None:
                           f"{p!r}")
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes the edit can still use: CUDA's free memory, or the host's MemAvailable (None where unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(cfg: EditConfig, sd: StableDiffusion, size: tuple[int, int], references: int) -> None:
+    """Refuse a working size whose largest buffers do not fit, before stage 1 (§5): the P2P self-attention maps at
+    the largest replaced layer (latent/2: 4 rows x heads x N², scores and probabilities) and the kept K/V."""
+    h, w = size[1] // 8, size[0] // 8
+    elt = torch.finfo(sd.precise_dtype).bits // 8
+    need, what = 0, []
+    if cfg.self_replace_steps not in (0, 0.0, (0, 0)):
+        n = (h // 2) * (w // 2)
+        maps = 2 * 4 * sd.unet.config.heads[min(1, len(sd.unet.config.heads) - 1)] * n * n * elt
+        need, what = need + maps, what + [f"P2P's self-attention maps at {w // 2}x{h // 2}: {maps / 2**30:.1f} GiB"]
+    if cfg.use_reference:
+        levels, chans = sd.unet.block_levels(), sd.unet.config.block_out_channels
+        kv = sum(2 * references * (h >> levels[b]) * (w >> levels[b]) * chans[levels[b]] * elt
+                 for b in range(*cfg.sr_layers)) * (cfg.sr_steps[1] - cfg.sr_steps[0])
+        need, what = need + kv, what + [f"the kept reference K/V: {kv / 2**30:.1f} GiB"]
+    have = available_memory(sd.device)
+    if have is not None and need > have:
+        raise ValueError(f"working size {size[0]}x{size[1]} needs about {need / 2**30:.1f} GiB ({'; '.join(what)}) "
+                         f"but {have / 2**30:.1f} GiB is free: use a smaller --size")
+
+
 def _auto_tokens(sd: StableDiffusion, cfg: EditConfig, ref: Reference) -> list[int]:
     """Reference-prompt token positions an auto mask_s reads (§8.3; the words are checked by check_references)."""
     words = cfg.auto_mask_words if ref.auto_mask_words is None else ref.auto_mask_words
@@ -140,6 +174,7 @@ def prepare(sd: StableDiffusion, source: Any, reference: Any, cfg: EditConfig,
             warnings.warn(f"reference prompt is longer than {sd.tokenizer.max_length} tokens and is truncated")
     plan = p2p_plan(cfg, sd.tokenizer)
     size = working_size(inputs.source.width, inputs.source.height, cfg.size)
+    check_memory(cfg, sd, size, len(refs))
     images, masks, tokens = [to_tensor(inputs.source, size, sd.precise_dtype)], [], None
     for r, name in zip(refs, names):
         mask_np = None

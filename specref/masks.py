@@ -10,10 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from model.precision import precise_dtype
+
+from .images import load_image
 
 if TYPE_CHECKING:
     from .p2p import MapStore
@@ -30,7 +32,7 @@ def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
 
 
-def read_mask(source: str | Path | Image.Image, kind: str = "auto") -> np.ndarray:
+def read_mask(source: str | Path | Image.Image, kind: str = "auto", what: str = "mask") -> np.ndarray:
     """Bool [H, W] object mask: mask = gray > 127; alpha = alpha > 0; nonblack = any RGB channel > 0.
 
     auto: alpha if the image has an alpha channel that is not all 255, else mask.
@@ -43,14 +45,7 @@ def read_mask(source: str | Path | Image.Image, kind: str = "auto") -> np.ndarra
         name = getattr(source, "filename", "") or "(an in-memory image)"
     else:
         name = str(source)
-    if isinstance(source, Image.Image):
-        img = source
-    else:
-        try:
-            img = Image.open(source)
-            img.load()
-        except (OSError, UnidentifiedImageError) as err:
-            raise ValueError(f"cannot read the mask file {name}: {err}") from err
+    img = load_image(source, what)  # as a viewer shows it (EXIF orientation, 16-bit, ...)
     alpha = np.asarray(img.convert("RGBA"))[..., 3] if _has_alpha(img) else None
     if kind in ("auto", "cutout"):
         use_alpha = alpha is not None and bool((alpha != 255).any())

@@ -14,6 +14,7 @@ from weights import precision
 
 from ..images import load_image, psnr, to_pil, to_tensor, working_size
 from ..inputs import read_inputs
+from ..masks import read_mask
 from ..pipeline import edit, x0_steps
 from ..trace import Recorder, load_trace, save_trace
 from .folders import OutputError, check_file, check_folder, record_mark, staged_folder, write_file
@@ -29,7 +30,7 @@ def load_model(runtime: Runtime) -> tuple[StableDiffusion, dict]:
     """The model `runtime` names, and its run.json entries (model, dtype and why, device)."""
     dtype, reason = precision.resolve_dtype(runtime.dtype, runtime.device)
     name = precision.dtype_name(dtype)
-    print(f"dtype {name} on {runtime.device} ({reason})")
+    print(f"dtype {name} on {runtime.device} ({reason.split(';')[0]})")  # a slow choice: the warning says why, once
     sd = weights.load_model(runtime.model, dtype=dtype, device=runtime.device, prediction_type=runtime.prediction_type)
     return sd, model_record(sd, runtime.model or str(weights.DEFAULT_MODEL), reason)
 
@@ -69,6 +70,8 @@ def run_edit(job: EditJob, runtime: Runtime, out: Path, trace: Path | None = Non
     """`edit`: every check first, then the edit, then the outputs (a failure leaves no partial output)."""
     check_edit_outputs(job, runtime, out, trace, inspect)
     inputs = read_inputs(job.source, list(job.references) or None)
+    if job.source_mask is not None:
+        read_mask(job.source_mask, what="source mask")  # a bad --source-mask fails now, not after the edit
     sd, model = load_model(runtime)
     rec = None
     if inspect or trace:  # the Recorder only reads: the edit is the same without it

@@ -50,8 +50,8 @@ def add_arguments(p: argparse.ArgumentParser, default_out: str = "out/demo") -> 
 
 def edit_argvs(args: argparse.Namespace) -> list[list[str]]:
     """The `python -m specref edit` command lines of the demo: the example (and the P2P baseline with --baseline)."""
-    if not 2 <= args.steps <= 1000:
-        raise ValueError(f"demo --steps must be 2 to 1000, got {args.steps}")
+    if not 2 <= args.steps <= 999:
+        raise ValueError(f"demo --steps must be 2 to 999, got {args.steps}")
     files = ["--source", str(EXAMPLE / "source.png"), "--reference", str(EXAMPLE / "reference.png"),
              "--reference-mask", str(EXAMPLE / "reference_mask.png")]
     sr = ["--sr-steps", f"{max(1, round(10 * args.steps / 50))}-{args.steps}"]  # the example's 10-50, scaled

@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 from model import StableDiffusion
 
 from ..images import load_image
+from ..inputs import read_inputs
+from ..masks import read_mask
 from ..references import Reference, as_references
 from ..settings import EditConfig, canonical, parse_value
 from .folders import RECORD, check_folder, record_mark, staged_folder
@@ -150,7 +152,10 @@ def run_sweep(sd: StableDiffusion, runs: list[Run], names: list[str], zipped: bo
 def sweep_command(load: Callable[[], tuple[StableDiffusion, dict]], given: dict, inputs: dict, vary: list[str],
                   zipped: bool, out: Path, runtime: Runtime) -> int:
     """`sweep`: every check before the model loads, then the runs; exit code = failed runs."""
-    make_job(given, inputs)  # the base flags make an edit
+    base = make_job(given, inputs)  # the base flags make an edit, on readable inputs
+    read_inputs(base.source, list(base.references) or None)
+    if base.source_mask is not None:
+        read_mask(base.source_mask, what="source mask")
     runs = flag_runs(given, inputs, parse_vary(vary), zipped)
     check_folder(out, [p for r in runs if r.job for p in r.job.input_paths()], runtime.overwrite)
     sd, model = load()
