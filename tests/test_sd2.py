@@ -241,7 +241,7 @@ def test_pad_token_read_from_the_tokenizer_folder(sd2_dirs, tmp_path):
 # ---- folders: §9.1 text encoder, §9.3 UNet, VAE, fields --------------------------------------------------------------
 def test_folder_fields(sd2, tiny_sd):
     v, base = sd2["v"], sd2["base"]
-    assert (v.family, v.prediction_type, v.native_size) == ("sd2", "v_prediction", 96)  # sample_size 12 x 8
+    assert (v.family, v.prediction_type, v.native_size) == ("sd2", "v_prediction", 128)  # sample_size 16 x 8
     assert (base.family, base.prediction_type, base.native_size) == ("sd2", "epsilon", 64)
     assert v.unet.config.heads == (1, 1, 2, 2) and v.unet.config.cross_attention_dim == 128  # per-level head counts
     assert v.unet.config.use_linear_projection and v.text_encoder.config.hidden_act == "gelu"

@@ -39,7 +39,7 @@ UNET2 = dict(UNET, block_out_channels=(64, 64, 128, 128), attention_head_dim=[1,
 TEXT2 = dict(TEXT, hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
              hidden_act="gelu", pad_token_id=0)
 # The two SD 2 kinds: 2.x-v (768-like: its own sample_size, upcast attention) and 2.x-base (512-like, epsilon).
-SD2_KINDS = {"v": dict(prediction_type="v_prediction", sample_size=12, upcast_attention=True),
+SD2_KINDS = {"v": dict(prediction_type="v_prediction", sample_size=16, upcast_attention=True),
              "base": dict(prediction_type="epsilon", sample_size=8, upcast_attention=False)}
 
 
