@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""SpecRef benchmarks at SD1.5 size with random weights (no download), float32 and bfloat16 side by side.
+"""SpecRef benchmarks at SD1.5 or SD 2.1-768 size with random weights (no download), float32 and bfloat16 side by
+side.
 
     python scripts/bench.py [unet|vae|load|edit|sweep|all] [--dtypes float32,bfloat16,auto] [--repeat R] [--steps N] [--size S]
 
@@ -75,13 +76,26 @@ class Sizes:
     text: CLIPTextConfig
     latent: int  # UNet benchmark latent side
     image: int   # VAE benchmark image side, and the edit's default source size
+    name: str = "SD1.5"
+    prediction_type: str = "epsilon"
 
 
 FULL = Sizes(UNetConfig(), VAEConfig(), CLIPTextConfig(), latent=64, image=512)
+# SD 2.1-768 (§9): heads 5/10/20/20 of 64 channels, 1024-wide context, linear projections, upcast attention, the
+# 23 layers of OpenCLIP-H's text tower that SD 2 reads, v-prediction; the same VAE.
+SD21 = Sizes(UNetConfig(heads=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True, sample_size=96,
+                        upcast_attention=True), VAEConfig(),
+             CLIPTextConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                            hidden_act="gelu"), latent=96, image=768, name="SD2.1-768", prediction_type="v_prediction")
 TINY = Sizes(UNetConfig(block_out_channels=(32, 64, 64, 64), cross_attention_dim=64),
              VAEConfig(block_out_channels=(32, 32, 64, 64)),
              CLIPTextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1),
              latent=16, image=128)
+TINY2 = Sizes(UNetConfig(block_out_channels=(64, 64, 128, 128), heads=(1, 1, 2, 2), cross_attention_dim=128,
+                         use_linear_projection=True, sample_size=16, upcast_attention=True),
+              VAEConfig(block_out_channels=(32, 32, 64, 64)),
+              CLIPTextConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                             hidden_act="gelu"), latent=16, image=128, name="tiny SD2", prediction_type="v_prediction")
 
 
 def peak_rss() -> int:
@@ -212,6 +226,10 @@ def make_folder(folder: Path, sizes: Sizes) -> int:
              ("vae", lambda: VAE(sizes.vae), sizes.vae.to_diffusers()),
              ("text_encoder", lambda: CLIPTextEncoder(sizes.text), sizes.text.to_transformers())]
     torch.manual_seed(0)
+    (folder / "scheduler").mkdir(exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({
+        "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000, "prediction_type": sizes.prediction_type}))
     return sum(save_part(build(), config, folder, part) for part, build, config in parts)  # one part at a time
 
 
@@ -491,10 +509,13 @@ def main() -> None:
     p.add_argument("--inspect", action="store_true", help=argparse.SUPPRESS)  # child-edit: with --inspect
     p.add_argument("--references", type=int, default=None, help="edit: compare K = 1..REFERENCES reference views "
                    "side by side (§8.1)")
+    p.add_argument("--family", choices=["sd1", "sd2"], default="sd1", help="random weights at SD1.5 size, or at "
+                   "SD 2.1-768 size (768² images, v-prediction) [sd1]")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # small widths: checks the code paths
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)  # child modes only
     args = p.parse_args()
-    sizes = TINY if args.tiny else FULL
+    sizes = {(False, "sd1"): FULL, (False, "sd2"): SD21, (True, "sd1"): TINY, (True, "sd2"): TINY2}[
+        (args.tiny, args.family)]
     args.dtypes = [args.dtype] if args.dtype else [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if unknown := [d for d in args.dtypes if d not in DTYPES and d != "auto"]:
         p.error(f"unknown dtype(s) {unknown}; choose from {[*DTYPES, 'auto']}")
@@ -523,7 +544,7 @@ def main() -> None:
             if args.model is None:
                 t0 = time.perf_counter()
                 file_bytes = make_folder(folder, sizes)
-                print(f"(wrote a random {'tiny' if args.tiny else 'SD1.5-size'} folder, {gib(file_bytes)}, in "
+                print(f"(wrote a random {'tiny' if args.tiny else sizes.name + '-size'} folder, {gib(file_bytes)}, in "
                       f"{time.perf_counter() - t0:.0f} s)\n", flush=True)
             else:
                 file_bytes = sum(f.stat().st_size for f in Path(folder).rglob("*.safetensors"))
