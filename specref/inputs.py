@@ -18,7 +18,7 @@ from .images import load_image, to_tensor, warn_if_small, working_size
 from .masks import read_mask
 from .p2p import P2PPlan, p2p_plan
 from .references import Reference, WordGroup, as_references, check_references, word_groups
-from .settings import EditConfig, complete, validate
+from .settings import SETTINGS, EditConfig, canonical, complete, parse_value, validate
 from .words import word_token_indices
 
 
@@ -84,8 +84,19 @@ class Prepared:
 
 
 def model_defaults(sd: StableDiffusion) -> dict[str, Any]:
-    """What the model says about the settings left open (§8.4): its native size and its specref.json defaults."""
-    return {"size": sd.native_size, **sd.extra.get("edit_defaults", {})}
+    """What the model says about the settings left open (§8.4): its native size and its specref.json defaults,
+    parsed and checked as the settings are (only settings whose default is the model's may be set there)."""
+    out: dict[str, Any] = {"size": sd.native_size}
+    for name, value in sd.extra.get("edit_defaults", {}).items():
+        key = canonical(name)
+        if key not in SETTINGS or not SETTINGS[key].by_model:
+            allowed = [n for n, s in SETTINGS.items() if s.by_model]
+            raise ValueError(f"{sd.source}: specref.json sets {name!r}; a model can set only {', '.join(allowed)}")
+        try:
+            out[key] = parse_value(key, value)
+        except ValueError as e:
+            raise ValueError(f"{sd.source}: specref.json: {e}") from None
+    return out
 
 
 def check_model(cfg: EditConfig, sd: StableDiffusion) -> None:

@@ -29,6 +29,7 @@ WEIGHT_NAMES = {
 }
 POSITION_IDS = ("text_model.embeddings.position_ids", "embeddings.position_ids")  # an arange buffer, not a weight
 
+MODEL_SETTINGS = "specref.json"  # a model folder's own editor defaults, e.g. {"edit_defaults": {"map_blocks": [...]}}
 
 def _read_json(path: Path) -> dict:
     try:
@@ -97,6 +98,11 @@ def load_folder(folder: str | Path, dtype: torch.dtype = torch.float32, device: 
     for line in notes:
         note(line)
     extra = {"assumptions": notes} if notes else {}
+    if (folder / MODEL_SETTINGS).exists():  # the editor's defaults this model carries (§8.4; checked by the editor)
+        defaults = _read_json(folder / MODEL_SETTINGS).get("edit_defaults", {})
+        if not isinstance(defaults, dict):
+            raise UnsupportedCheckpoint(f"{folder / MODEL_SETTINGS}: edit_defaults must be an object of settings")
+        extra["edit_defaults"] = defaults
     return StableDiffusion(tokenizer, text, unet, vae, vae_cfg.scaling_factor, sched_cfg, str(folder), extra,
                            family, prediction_type)
 

@@ -39,6 +39,8 @@ def save_folder(sd: StableDiffusion, folder: str | Path, dtype: torch.dtype | No
     save_part(sd.vae, sd.vae.config.to_diffusers(), folder, "vae", dtype)
     save_part(sd.text_encoder, sd.text_encoder.config.to_transformers(), folder, "text_encoder", dtype)
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+    if sd.extra.get("edit_defaults"):  # the editor's defaults this model carries (§8.4)
+        (folder / "specref.json").write_text(json.dumps({"edit_defaults": sd.extra["edit_defaults"]}, indent=1))
     sched = scheduler_config(sd)
     if sched is not None:
         (folder / "scheduler").mkdir(exist_ok=True)
