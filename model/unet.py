@@ -208,7 +208,8 @@ class Upsample(nn.Module):
 class Level(nn.Module):
     """One down or up block: resnets, optional attentions, optional down/upsampler."""
 
-    def __init__(self, resnets: list[nn.Module], attentions: list[nn.Module] | None, sampler: nn.Module | None, up: bool):
+    def __init__(self, resnets: list[nn.Module], attentions: list[nn.Module] | None, sampler: nn.Module | None,
+                 up: bool):
         super().__init__()
         self.resnets = nn.ModuleList(resnets)
         self.attentions = nn.ModuleList(attentions) if attentions else None

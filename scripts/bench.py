@@ -2,7 +2,8 @@
 """SpecRef benchmarks at SD1.5 or SD 2.1-768 size with random weights (no download), float32 and bfloat16 side by
 side.
 
-    python scripts/bench.py [unet|vae|load|edit|sweep|all] [--dtypes float32,bfloat16,auto] [--repeat R] [--steps N] [--size S]
+    python scripts/bench.py [unet|vae|load|edit|sweep|all] [--dtypes float32,bfloat16,auto] [--repeat R]
+        [--steps N] [--size S] [--family sd1|sd2]
 
 unet: UNet forward, batch 2 and 4 at a 64x64 latent: ours (fused and explicit) and diffusers' UNet2DConditionModel
       with the same weights in the same dtype (when diffusers is installed).
@@ -288,7 +289,8 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_
         calls = {
             "unet_b2": once(lambda: sd.unet(lat(2), 500, ctx2)),
             "unet_b4": once(lambda: sd.unet(lat(4), 500, ctx4)),
-            **({"unet_inv": once(lambda: sd.unet(lat(1 + references), 500, sd.encode_prompts(["a"] * (1 + references))))}
+            **({"unet_inv": once(lambda: sd.unet(lat(1 + references), 500,
+                                                 sd.encode_prompts(["a"] * (1 + references))))}
                if references > 1 else {}),
             "vae_encode_b2": once(lambda: sd.vae.encode(torch.randn(2, 3, wh, ww, dtype=dtype))),
             "vae_decode_b2": once(lambda: sd.vae.decode(lat(2))),
@@ -302,7 +304,8 @@ def child_edit(folder: Path, dtype: torch.dtype, steps: int, size: str, feature_
 
 def run_child(mode: str, folder: Path, args: argparse.Namespace, dtype: str, *extra: str) -> dict:
     """Run a child mode of this script in a fresh interpreter; its last stdout line is a JSON result."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), mode, "--folder", str(folder), "--dtype", dtype.split("=")[-1],
+    cmd = [sys.executable, str(Path(__file__).resolve()), mode, "--folder", str(folder), "--dtype",
+           dtype.split("=")[-1],
            "--steps", str(args.steps), "--size", args.size, *extra]
     cmd += ["--feature-dtype", args.feature_dtype] if args.feature_dtype else []
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
@@ -504,7 +507,8 @@ def main() -> None:
     p.add_argument("--size", default=None, help="edit source image size, S or WxH (default 512)")
     p.add_argument("--feature-dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="dtype of the kept reference K/V in the edit (default: the model's)")
-    p.add_argument("--model", type=Path, default=None, help="load/edit/inspect/sweep on this diffusers folder instead of "
+    p.add_argument("--model", type=Path, default=None,
+                   help="load/edit/inspect/sweep on this diffusers folder instead of "
                    "random SD1.5-size weights (e.g. assets/toy-sd with --size 128: the demo size)")
     p.add_argument("--inspect", action="store_true", help=argparse.SUPPRESS)  # child-edit: with --inspect
     p.add_argument("--references", type=int, default=None, help="edit: compare K = 1..REFERENCES reference views "

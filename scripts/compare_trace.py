@@ -94,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("source_inverted", "maps_source", "maps_target"):
         if key in ta and key in tb and ta[key].shape == tb[key].shape:
             print(f"{key}: relative difference {rel(ta[key], tb[key]):.2e}")
-    print(f"{'step':>4}  {'rel latents':>11}  {'PSNR rec':>8}  {'PSNR edit':>9}  {'rel eps':>9}  {'blend':>6}  {'mask_t':>6}")
+    print(f"{'step':>4}  {'rel latents':>11}  {'PSNR rec':>8}  {'PSNR edit':>9}  {'rel eps':>9}  {'blend':>6}  "
+          f"{'mask_t':>6}")
     fmt = lambda v: "   -  " if v is None else f"{100 * v:5.1f}%"  # noqa: E731
     for r in rows:
         if not args.all and first is not None and r["step"] > first + 3:
             break
         print(f"{r['step']:>4}  {r['rel_latents']:11.2e}  {r['psnr_recon']:8.1f}  {r['psnr_edit']:9.1f}  "
-              f"{r['rel_eps']:9.2e}  {fmt(r['blend_mask'])}  {fmt(r['mask_t'])}" + ("  <- parts" if r["parted"] else ""))
+              f"{r['rel_eps']:9.2e}  {fmt(r['blend_mask'])}  {fmt(r['mask_t'])}"
+              + ("  <- parts" if r["parted"] else ""))
     if first is None:
         print(f"the traces agree at every step (tolerance {args.tol:g})")
         return 0

@@ -57,7 +57,8 @@ def model_parts(dev: str) -> list[Row]:
     g = torch.Generator().manual_seed(0)
     x, ctx = torch.randn(2, 4, 64, 64, generator=g), torch.randn(2, 77, FULL.unet.cross_attention_dim, generator=g)
     img, ids = torch.rand(1, 3, 512, 512, generator=g) * 2 - 1, torch.randint(0, 49408, (2, 77), generator=g)
-    calls = {"UNet forward (b2, 64² latent)": (lambda: UNet(FULL.unet), lambda m, dt: m(x.to(dev, dt), 500, ctx.to(dev, dt))),
+    calls = {"UNet forward (b2, 64² latent)": (lambda: UNet(FULL.unet),
+                                               lambda m, dt: m(x.to(dev, dt), 500, ctx.to(dev, dt))),
              "VAE encode (512²)": (lambda: VAE(FULL.vae), lambda m, dt: m.encode(img.to(dev, dt))),
              "VAE decode (64² latent)": (lambda: VAE(FULL.vae), lambda m, dt: m.decode(x[:1].to(dev, dt))),
              "text encoder (b2)": (lambda: CLIPTextEncoder(FULL.text), lambda m, dt: m(ids.to(dev)))}
@@ -101,7 +102,8 @@ def overflow_cases(dev: str) -> list[Row]:
     vae = VAE(FULL.vae).eval().to(dev).half()
     z = torch.randn(1, 4, 128, 128, device=dev, dtype=torch.float16) * 4  # 1024² image; large latents as real ones
     out = vae.decode(z)
-    rows = [row("VAE decode 1024² in float16", f"finite {finite(out)}", finite(out), "mid-block attention over 128² tokens")]
+    rows = [row("VAE decode 1024² in float16", f"finite {finite(out)}", finite(out),
+                "mid-block attention over 128² tokens")]
     del vae, out
     torch.cuda.empty_cache()
     heads, c = 8, 320

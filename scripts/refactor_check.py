@@ -91,8 +91,10 @@ def main() -> int:
         print(f"recorded {len(now)} tensors to {a.file}")
         return 0
     before = load_file(a.file)
-    differ = [k for k in sorted(set(before) | set(now))
-              if k not in before or k not in now or before[k].dtype != now[k].dtype or not torch.equal(before[k], now[k])]
+    def same(k: str) -> bool:
+        return k in before and k in now and before[k].dtype == now[k].dtype and torch.equal(before[k], now[k])
+
+    differ = [k for k in sorted(set(before) | set(now)) if not same(k)]
     for k in differ:
         if k in before and k in now and before[k].shape == now[k].shape:
             print(f"DIFFERS {k}: max |diff| {float((before[k].double() - now[k].double()).abs().max()):.3g}")

@@ -29,7 +29,8 @@ def test_edit_writes_every_output(tiny_diffusers_dir, inputs, tmp_path):
     out = tmp_path / "o"
     assert main(args_for(inputs, tiny_diffusers_dir, out, "--save-tensors")) == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {"edit.png", "reconstruction.png", "mask_s.png", "mask_t.png", "summary.png", "run.json", "region.png",
+    assert names == {"edit.png", "reconstruction.png", "mask_s.png", "mask_t.png", "summary.png", "run.json",
+                     "region.png",
                      "tensors.safetensors"}
     assert Image.open(out / "edit.png").size == (120, 90)
     run = json.loads((out / "run.json").read_text())

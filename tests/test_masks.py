@@ -21,7 +21,8 @@ def test_nearest_down_and_up():
     expected[2:6, 2:6] = True
     assert torch.equal(up, expected)
     # 4 -> 3: source index floor(dst * 4/3) = 0, 1, 2
-    assert resize_mask(SQUARE, (3, 3), "nearest", 0.5).tolist() == [[False] * 3, [False, True, True], [False, True, True]]
+    want = [[False] * 3, [False, True, True], [False, True, True]]
+    assert resize_mask(SQUARE, (3, 3), "nearest", 0.5).tolist() == want
 
 
 def test_bilinear_down_is_point_sampled():
@@ -40,7 +41,8 @@ def test_bilinear_up_by_hand():
     no_corners = block.clone()
     no_corners[[2, 2, 5, 5], [2, 5, 2, 5]] = False
     assert torch.equal(resize_mask(SQUARE, (8, 8), "bilinear", 0.6), no_corners)
-    assert torch.equal(resize_mask(SQUARE, (8, 8), "bilinear", 0.0625), torch.ones(8, 8, dtype=torch.bool) & ~_border(8))
+    want = torch.ones(8, 8, dtype=torch.bool) & ~_border(8)
+    assert torch.equal(resize_mask(SQUARE, (8, 8), "bilinear", 0.0625), want)
 
 
 def _border(n: int) -> torch.Tensor:
@@ -67,7 +69,8 @@ def _np_resize(x: np.ndarray, size: tuple[int, int], interp: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("interp", ["nearest", "bilinear"])
-@pytest.mark.parametrize("src,size", [((16, 16), (64, 64)), ((16, 16), (32, 32)), ((16, 16), (8, 8)), ((64, 64), (16, 16)), ((5, 7), (9, 4))])
+@pytest.mark.parametrize("src,size", [((16, 16), (64, 64)), ((16, 16), (32, 32)), ((16, 16), (8, 8)),
+                                      ((64, 64), (16, 16)), ((5, 7), (9, 4))])
 def test_resize_matches_numpy(interp, src, size):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(src, generator=g)

@@ -34,8 +34,10 @@ def shifted_identity(pairs: list[tuple[int, int]], start: tuple[int, int]) -> to
 def test_replace_same_token_count_is_identity(tok):
     assert torch.equal(replace_mapper(tok, "a cat sitting", "a dog sitting"), torch.eye(77))
     # mirror-tiger / mirror-dog13 / dogshirt-shirt: one token replaced by one token
-    assert torch.equal(replace_mapper(tok, "a cat sitting next to a mirror", "a tiger sitting next to a mirror"), torch.eye(77))
-    assert torch.equal(replace_mapper(tok, "two dogs wearing red clothes", "two dogs wearing blue clothes"), torch.eye(77))
+    assert torch.equal(replace_mapper(tok, "a cat sitting next to a mirror", "a tiger sitting next to a mirror"),
+                       torch.eye(77))
+    assert torch.equal(replace_mapper(tok, "two dogs wearing red clothes", "two dogs wearing blue clothes"),
+                       torch.eye(77))
 
 
 def test_replace_different_token_count_spec_fix(tok):

@@ -134,7 +134,8 @@ CFG = EditConfig(source_prompt="a cat sitting next to a mirror", target_prompt="
 
 
 def _devices() -> list:
-    return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="no CUDA device"))]
 
 
 @pytest.fixture(scope="module", params=_devices())

@@ -114,7 +114,8 @@ def test_strict_folder(tiny_diffusers_dir, tmp_path):
 def test_bin_and_fp16_variant_folder(tiny_sd, tiny_diffusers_dir, tmp_path):
     folder = tmp_path / "bin"
     shutil.copytree(tiny_diffusers_dir, folder)
-    for part, st, bin_ in (("unet", "diffusion_pytorch_model", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model",
+    for part, st, bin_ in (("unet", "diffusion_pytorch_model", "diffusion_pytorch_model"), ("vae",
+                                                                                            "diffusion_pytorch_model",
                            "diffusion_pytorch_model"), ("text_encoder", "model", "pytorch_model")):
         state = load_file(folder / part / f"{st}.safetensors")
         (folder / part / f"{st}.safetensors").unlink()
@@ -153,7 +154,8 @@ def test_unsupported_random_files_and_folders(tmp_path, tiny_diffusers_dir):
     sd2 = tmp_path / "sd2"
     shutil.copytree(tiny_diffusers_dir, sd2)
     cfg = json.loads((sd2 / "unet" / "config.json").read_text())
-    (sd2 / "unet" / "config.json").write_text(json.dumps(dict(cfg, prediction_type="x", addition_embed_type="text_time")))
+    (sd2 / "unet" / "config.json").write_text(json.dumps(dict(cfg, prediction_type="x",
+                                                              addition_embed_type="text_time")))
     with pytest.raises(UnsupportedCheckpoint, match="addition_embed_type"):
         weights.load_model(sd2)
     with pytest.raises(FileNotFoundError, match="not a folder, a file, or a Hub repo id"):

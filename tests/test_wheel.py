@@ -42,18 +42,21 @@ def wheel(tmp_path_factory) -> Path:
             shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / name, src / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)], tmp)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
+          str(src)], tmp)
     (whl,) = (tmp / "dist").glob("specref-*.whl")
     return whl
 
 
 def test_wheel_carries_vocabulary_and_demo_model(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = ["model/data/bpe_simple_vocab_16e6.txt.gz", "model/data/NOTICE", "specref/assets/toy-sd/model_index.json",
+    expected = ["model/data/bpe_simple_vocab_16e6.txt.gz", "model/data/NOTICE",
+                "specref/assets/toy-sd/model_index.json",
                 "specref/assets/toy-sd/unet/diffusion_pytorch_model.safetensors",
                 "specref/assets/toy-sd/vae/diffusion_pytorch_model.safetensors",
                 "specref/assets/toy-sd/text_encoder/model.safetensors",
-                "specref/assets/examples/toy-checker/source.png", "specref/assets/examples/toy-checker/reference_mask.png",
+                "specref/assets/examples/toy-checker/source.png",
+                    "specref/assets/examples/toy-checker/reference_mask.png",
                 "specref/demo.py", "weights/precision.py", "sampling/ddim.py"]
     assert [n for n in expected if n not in names] == []
     assert not any(n.startswith(("tests/", "scripts/", "assets/")) for n in names)  # assets only under specref/
@@ -63,7 +66,8 @@ def test_installed_wheel_runs_the_demo_from_another_directory(wheel, tmp_path):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)
     py = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    purelib = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path).stdout.strip())
+    purelib = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        tmp_path).stdout.strip())
     # Links to the installed dependencies (torch, numpy, pip, ...), without this project's editable install.
     deps = tmp_path / "deps"
     deps.mkdir()
@@ -76,7 +80,8 @@ def test_installed_wheel_runs_the_demo_from_another_directory(wheel, tmp_path):
 
     work = tmp_path / "elsewhere"
     work.mkdir()
-    where = _run([str(py), "-c", "import specref, weights; print(specref.__file__); print(weights.DEFAULT_MODEL)"], work)
+    where = _run([str(py), "-c", "import specref, weights; print(specref.__file__); print(weights.DEFAULT_MODEL)"],
+                 work)
     spec_file, model_dir = (Path(line) for line in where.stdout.split())
     assert spec_file.is_relative_to(purelib) and model_dir == purelib / "specref" / "assets" / "toy-sd", where.stdout
 

@@ -59,7 +59,8 @@ def write_tokenizer(folder: Path, pad: str = "<|endoftext|>") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = _vocab_from_bpe_file(BUNDLED_VOCAB)
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
+                                       encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>", "pad_token": pad, "unk_token": "<|endoftext|>",

@@ -52,7 +52,8 @@ def load_model(source: str | Path | None = None, dtype: torch.dtype | str = torc
     warn_slow(dtype, device)
     if source is None:
         if not (DEFAULT_MODEL / "model_index.json").exists():
-            raise FileNotFoundError(f"no model given and the embedded demo model is missing at {DEFAULT_MODEL} (it ships "
+            raise FileNotFoundError(f"no model given and the embedded demo model is missing at {DEFAULT_MODEL} "
+                                    "(it ships "
                                     "in the source repository and in wheels built from it: `pip install .` or "
                                     "`pip install -e .` from a clone, or give a model)")
         source = DEFAULT_MODEL

@@ -104,7 +104,8 @@ def read_pickle_checkpoint(path: Path) -> tuple[dict[str, Tensor], int | None]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedCheckpoint(f"{path.name} holds objects that weights-only loading refuses ({first})") from None
     except Exception as e:  # noqa: BLE001 - a random or truncated file
-        raise UnsupportedCheckpoint(f"{path.name} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        what = f"{type(e).__name__}: {e}"
+        raise UnsupportedCheckpoint(f"{path.name} is not a readable PyTorch checkpoint ({what})") from None
     step = obj.get("global_step") if isinstance(obj, dict) else None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]

@@ -47,7 +47,8 @@ def weight_file(part_dir: Path, part: str, variant: str | None) -> Path:
         for name in WEIGHT_NAMES[part]:
             if (part_dir / name.format(v=v)).exists():
                 return part_dir / name.format(v=v)
-    raise UnsupportedCheckpoint(f"no weights in {part_dir} (looked for {', '.join(n.format(v='') for n in WEIGHT_NAMES[part])})")
+    names = ", ".join(n.format(v="") for n in WEIGHT_NAMES[part])
+    raise UnsupportedCheckpoint(f"no weights in {part_dir} (looked for {names})")
 
 
 def _load_part(module: nn.Module, path: Path, what: str, dtype, device, rename=lambda k: k) -> nn.Module:

@@ -71,7 +71,8 @@ def vae_prefixes(levels: int, n: int) -> dict[str, str]:
     """LDM VAE prefixes -> diffusers prefixes (the decoder's levels are numbered in reverse)."""
     t = {}
     for part in ("encoder", "decoder"):
-        t |= {f"{part}.mid.block_1.": f"{part}.mid_block.resnets.0.", f"{part}.mid.block_2.": f"{part}.mid_block.resnets.1.",
+        t |= {f"{part}.mid.block_1.": f"{part}.mid_block.resnets.0.",
+              f"{part}.mid.block_2.": f"{part}.mid_block.resnets.1.",
               f"{part}.mid.attn_1.": f"{part}.mid_block.attentions.0.", f"{part}.norm_out.": f"{part}.conv_norm_out."}
     for i in range(levels):
         t[f"encoder.down.{i}.downsample.conv."] = f"encoder.down_blocks.{i}.downsamplers.0.conv."
@@ -162,9 +163,11 @@ def load_single_file(path, dtype: torch.dtype = torch.float32, device="cpu", use
     vae_n = len(_indices(vae_keys, r"encoder\.down\.0\.block\.(\d+)\."))
     vae_map = {rename(k, vae_prefixes(vae_levels, vae_n), VAE_INNER): VAE_P + k for k in vae_keys}
     vae_cfg = VAEConfig(
-        in_channels=src.shape(VAE_P + "encoder.conv_in.weight")[1], out_channels=src.shape(VAE_P + "decoder.conv_out.weight")[0],
+        in_channels=src.shape(VAE_P + "encoder.conv_in.weight")[1],
+        out_channels=src.shape(VAE_P + "decoder.conv_out.weight")[0],
         latent_channels=src.shape(VAE_P + "post_quant_conv.weight")[0], layers_per_block=vae_n,
-        block_out_channels=tuple(src.shape(VAE_P + f"encoder.down.{i}.block.0.conv1.weight")[0] for i in range(vae_levels)),
+        block_out_channels=tuple(src.shape(VAE_P + f"encoder.down.{i}.block.0.conv1.weight")[0]
+                                 for i in range(vae_levels)),
         **({"scaling_factor": yaml.scale_factor} if yaml and yaml.scale_factor is not None else {}))
 
     if family == "sd2":

@@ -85,7 +85,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = 
     if dtype is None:
         if kind == "cuda":
             return torch.float16, "default on CUDA"
-        return torch.float32, "default on CPU (bit-reproducible; --dtype auto picks bfloat16 where the CPU has it natively)"
+        return torch.float32, ("default on CPU (bit-reproducible; --dtype auto picks bfloat16 where the CPU has it "
+                               "natively)")
     if isinstance(dtype, str):
         if dtype == "auto":
             return _auto(kind)
@@ -95,7 +96,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = 
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"dtype must be a torch.dtype or one of {', '.join(NAMES)}, got {dtype!r}")
     if _slow(dtype, kind):
-        return dtype, f"explicit; slow here: no native {dtype_name(dtype)} ({cpu_capability()})"
+        short = "bf16" if dtype == torch.bfloat16 else "fp16"
+        return dtype, f"explicit; slow here: no native {short} ({cpu_capability()})"
     return dtype, "explicit"
 
 
@@ -112,8 +114,9 @@ def warn_slow(dtype: torch.dtype, device: str | torch.device = "cpu") -> None:
     far slower than float32."""
     if not _slow(dtype, _device_type(device)):
         return
-    name, measured = ("bfloat16", SLOWDOWN) if dtype == torch.bfloat16 else ("float16", SLOWDOWN_FP16)
-    warnings.warn(f"{name} on a CPU without native {name} support ({cpu_capability()}) is very slow: {measured}. "
+    name, short, measured = (("bfloat16", "bf16", SLOWDOWN) if dtype == torch.bfloat16
+                             else ("float16", "fp16", SLOWDOWN_FP16))
+    warnings.warn(f"{name} on a CPU without native {short} support ({cpu_capability()}) is very slow: {measured}. "
                   "Use float32, or --dtype auto.", stacklevel=3)
 
 
