@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -13,6 +13,7 @@ if str(ROOT) not in sys.path:
 import specref  # noqa: E402
 import weights  # noqa: E402
 from specref.app.demo import example_job  # noqa: E402
+from specref.app.pictures import labelled_grid  # noqa: E402
 
 
 def run_example(steps: int, hook=None, sd=None, **settings) -> specref.EditResult:
@@ -24,12 +25,6 @@ def run_example(steps: int, hook=None, sd=None, **settings) -> specref.EditResul
 
 
 def side_by_side(images: list[Image.Image], labels: list[str], height: int = 192) -> Image.Image:
-    """Images in a row, each with its label above it."""
+    """Images in a row, each with its label under it (the --inspect pictures' grid)."""
     tiles = [im.convert("RGB").resize((round(im.width * height / im.height), height)) for im in images]
-    sheet = Image.new("RGB", (sum(t.width + 4 for t in tiles), height + 18), "white")
-    x, draw = 0, ImageDraw.Draw(sheet)
-    for tile, label in zip(tiles, labels):
-        sheet.paste(tile, (x, 18))
-        draw.text((x + 3, 3), label, fill="black")
-        x += tile.width + 4
-    return sheet
+    return labelled_grid([tiles], [labels])
