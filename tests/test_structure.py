@@ -73,8 +73,8 @@ def imports() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
-        checks = [node for node in ast.walk(tree) if isinstance(node,
-                                                                ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)]
+        checks = [node for node in ast.walk(tree)
+                  if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)]
         skip = {id(n) for node in checks for n in ast.walk(node)}
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         out = set()

@@ -114,9 +114,9 @@ def test_strict_folder(tiny_diffusers_dir, tmp_path):
 def test_bin_and_fp16_variant_folder(tiny_sd, tiny_diffusers_dir, tmp_path):
     folder = tmp_path / "bin"
     shutil.copytree(tiny_diffusers_dir, folder)
-    for part, st, bin_ in (("unet", "diffusion_pytorch_model", "diffusion_pytorch_model"), ("vae",
-                                                                                            "diffusion_pytorch_model",
-                           "diffusion_pytorch_model"), ("text_encoder", "model", "pytorch_model")):
+    parts = (("unet", "diffusion_pytorch_model", "diffusion_pytorch_model"),
+             ("vae", "diffusion_pytorch_model", "diffusion_pytorch_model"), ("text_encoder", "model", "pytorch_model"))
+    for part, st, bin_ in parts:
         state = load_file(folder / part / f"{st}.safetensors")
         (folder / part / f"{st}.safetensors").unlink()
         torch.save(state, folder / part / f"{bin_}.bin")

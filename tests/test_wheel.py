@@ -56,8 +56,8 @@ def test_wheel_carries_vocabulary_and_demo_model(wheel):
                 "specref/assets/toy-sd/vae/diffusion_pytorch_model.safetensors",
                 "specref/assets/toy-sd/text_encoder/model.safetensors",
                 "specref/assets/examples/toy-checker/source.png",
-                    "specref/assets/examples/toy-checker/reference_mask.png",
-                "specref/demo.py", "weights/precision.py", "sampling/ddim.py"]
+                "specref/assets/examples/toy-checker/reference_mask.png",
+                "specref/app/demo.py", "weights/precision.py", "sampling/ddim.py"]
     assert [n for n in expected if n not in names] == []
     assert not any(n.startswith(("tests/", "scripts/", "assets/")) for n in names)  # assets only under specref/
 
