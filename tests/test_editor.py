@@ -177,7 +177,7 @@ def test_bfloat16_edit_is_finite(tiny_diffusers_dir):
     import weights
 
     sd = weights.load_model(tiny_diffusers_dir, dtype=torch.bfloat16)
-    r = run(sd)
+    r = run(sd, CFG.replace(steps=3, sr_steps=(1, 3), size=64))  # small: bf16 is slow without native support
     assert all(bool(torch.isfinite(v).all()) for v in r.latents.values())
     assert r.latents["edit_latent"].dtype == torch.float32  # latents and the DDIM update stay fp32
     assert r.mask_t is not None and r.mask_t.any()
