@@ -103,3 +103,20 @@ def test_bad_references_leave_no_output(tiny_diffusers_dir, inputs, tmp_path, ca
 def test_for_needs_a_reference_before_it():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["edit", "--source", "s", "--for", "tiger", "--reference", "r"])
+
+
+def test_earlier_names_are_aliases():
+    from specref import EditConfig, Reference
+    from specref.app.jobs import split_job
+
+    a = build_parser().parse_args(["edit", "--source", "s", "--reference", "r", "--reference-mask", "auto",
+                                   "--preset", "mirror-tiger", "--reference-prompt", "a tiger",
+                                   "--reference-words", "tiger", "--reference-thres", "0.3"])
+    cfg = make_job(*edit_values(a)).config
+    assert (cfg.auto_mask_words, cfg.auto_mask_thres) == (("tiger",), 0.3)
+    assert (cfg.reference_words, cfg.reference_thres) == (("tiger",), 0.3)  # read under the earlier names
+    given, _ = split_job({"reference-thres": 0.4, "reference_words": "cat"})
+    assert given == {"auto_mask_thres": 0.4, "auto_mask_words": ("cat",)}
+    assert EditConfig("a", "b", reference_thres=0.2).replace(reference_words=("x",)).auto_mask_words == ("x",)
+    r = Reference("r.png", words="tiger", mask_words=("tiger",))
+    assert (r.target_words, r.auto_mask_words, r.words, r.mask_words) == (("tiger",),) * 4

@@ -134,3 +134,4 @@ def test_saved_tensors_keep_the_runs_precision(tiny_diffusers_dir, inputs, tmp_p
     assert run["setting_sources"]["thres"] == "flag" and run["setting_sources"]["mode"] == "preset"
     assert run["setting_sources"]["map_blocks"] == "default" and run["settings"]["map_blocks"] == [4, 5, 7, 8, 9]
     assert run["family"] == "sd1" and run["prediction_type"] == "epsilon"
+    assert run["settings"]["reference_thres"] == run["settings"]["auto_mask_thres"] == 0.5  # the earlier name too
