@@ -1,12 +1,11 @@
 """The main job on a fresh machine: a SpecRef edit with the embedded demo model, writing out/demo/summary.png.
 
 The demo itself is `python -m specref demo` (specref/app/demo.py, which also runs from an installed wheel); this
-script keeps the repository's entry point (output under the repo's out/demo) and redraws the example's inputs
-with the scene code (`--write-example`).
+script keeps the repository's entry point (output under the repo's out/demo) and redraws the shipped examples'
+inputs with the scene code (`--write-example`: every folder of scripts/toy/examples.py, with its edit.json).
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -14,23 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from specref.app.cli import main as cli_main  # noqa: E402
-from specref.app.demo import EDIT, EXAMPLE  # noqa: E402
-from toy_scenes import Scene, draw  # noqa: E402
-
-SOURCE = Scene("circle", "red", "plain", "gray")
-REFERENCE = Scene("star", "yellow", "checkered", "black")
+from toy import examples  # noqa: E402
 
 
-def write_example(folder: Path = EXAMPLE) -> Path:
-    """Draw the example's source, reference and reference mask with the scene code; write edit.json."""
-    folder.mkdir(parents=True, exist_ok=True)
-    source, _ = draw(SOURCE)
-    reference, mask = draw(REFERENCE)
-    for name, im in (("source.png", source), ("reference.png", reference), ("reference_mask.png", mask)):
-        im.save(folder / name)
-    (folder / "edit.json").write_text(json.dumps({"source": SOURCE.__dict__, "reference": REFERENCE.__dict__,
-                                                  "flags": EDIT}, indent=1) + "\n")
-    return folder
+def write_example(folder: Path | None = None) -> list[Path]:
+    """Draw every shipped example's inputs with the scene code and write its edit.json (into `folder`/NAME if
+    given, else assets/examples/NAME)."""
+    return [examples.write(e, None if folder is None else Path(folder) / e.name) for e in examples.EXAMPLES_ALL]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     (--write-example)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["--write-example"]:
-        print(f"wrote {write_example()}")
+        print("wrote " + ", ".join(map(str, write_example())))
         return 0
     if not any(a == "--out" or a.startswith("--out=") for a in argv):
         argv += ["--out", str(ROOT / "out" / "demo")]

@@ -78,12 +78,11 @@ def model_parts(dev: str) -> list[Row]:
 @torch.no_grad()
 def demo_edit(dev: str, steps: int) -> list[Row]:
     """The shipped example on the embedded demo model, float16 vs float32."""
-    import eval_toy
+    from toy import evaluate, examples
 
-    cfg = eval_toy.example_config(steps=steps)
-    full = eval_toy.run_example(weights.load_model(dtype=torch.float32, device=dev), cfg)
-    half = eval_toy.run_example(weights.load_model(dtype=torch.float16, device=dev), cfg)
-    ag = eval_toy.agreement(full, half)
+    full = evaluate.run(weights.load_model(dtype=torch.float32, device=dev), examples.CHECKER, steps=steps)
+    half = evaluate.run(weights.load_model(dtype=torch.float16, device=dev), examples.CHECKER, steps=steps)
+    ag = evaluate.agreement(examples.CHECKER, full, half)
     ok = all(np.isfinite(np.asarray(i, dtype=np.float32)).all() for i in (half.edit, half.reconstruction)) and \
         finite(*half.latents.values())
     return [row("demo edit float16 vs float32: PSNR outside the region", f"{ag['psnr_outside']:.1f} dB",
