@@ -3,13 +3,14 @@
 
     python scripts/method_figures.py [--out docs/method] [--steps 50]
 
-Runs the shipped demo edit (scripts/demo.py's flags) with `--inspect`, its P2P baseline, and the two mask
-ablations (without mask_t, without mask_s), and keeps their summaries and pictures, as palette PNGs so the
-folder stays a few hundred KB. About 5 minutes on 2 CPU cores.
+Runs the shipped demo edit (its edit.json) with `--inspect`, its P2P baseline, the two mask ablations (without
+mask_t, without mask_s), and the two-object and one-reference-per-word examples, and keeps their summaries and
+pictures, as palette PNGs so the folder stays a few hundred KB. About 10 minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,19 +21,32 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from PIL import Image  # noqa: E402
 
 from specref.app.cli import main as cli_main  # noqa: E402
-from specref.app.demo import EDIT, EXAMPLE  # noqa: E402
+from weights import ASSETS  # noqa: E402
 
-# run name -> (extra edit flags, {file in the run's folders: name in docs/method})
+# run name -> (example folder, extra edit flags, {file in the run's folders: name in docs/method})
 RUNS = {
-    "specref": ([], {"summary.png": "summary.png", "inspect/cross_attention_source.png": "cross_attention_source.png",
-                     "inspect/cross_attention_target.png": "cross_attention_target.png",
-                     "inspect/masks_over_steps.png": "masks_over_steps.png",
-                     "inspect/sr_attention.png": "sr_attention.png", "inspect/trajectory.png": "trajectory.png"}),
-    "baseline": (["--no-reference"], {"summary.png": "baseline_summary.png"}),
-    "no_mask_t": (["--masks", "s"], {"summary.png": "no_mask_t_summary.png"}),
-    "no_mask_s": (["--masks", "t"], {"summary.png": "no_mask_s_summary.png",
-                                     "inspect/sr_attention.png": "no_mask_s_sr_attention.png"}),
+    "specref": ("toy-checker", [], {
+        "summary.png": "summary.png", "inspect/cross_attention_source.png": "cross_attention_source.png",
+        "inspect/cross_attention_target.png": "cross_attention_target.png",
+        "inspect/masks_over_steps.png": "masks_over_steps.png", "inspect/sr_attention.png": "sr_attention.png",
+        "inspect/trajectory.png": "trajectory.png"}),
+    "baseline": ("toy-checker", ["--no-reference"], {"summary.png": "baseline_summary.png"}),
+    "no_mask_t": ("toy-checker", ["--masks", "s"], {"summary.png": "no_mask_t_summary.png"}),
+    "no_mask_s": ("toy-checker", ["--masks", "t"], {"summary.png": "no_mask_s_summary.png",
+                                                    "inspect/sr_attention.png": "no_mask_s_sr_attention.png"}),
+    "two_objects": ("toy-two-objects", [], {"summary.png": "two_objects_summary.png",
+                                             "inspect/masks_over_steps.png": "two_objects_masks_over_steps.png"}),
+    "per_word": ("toy-two-references", [], {"summary.png": "per_word_summary.png",
+                                             "inspect/sr_attention.png": "per_word_sr_attention.png"}),
 }
+
+
+def example_args(name: str) -> list[str]:
+    """An example's `edit` inputs and flags, from its edit.json."""
+    folder = ASSETS / "examples" / name
+    spec = json.loads((folder / "edit.json").read_text())
+    inputs = [v if v.startswith("--") or v == "auto" else str(folder / v) for v in spec["inputs"]]
+    return inputs + spec["flags"]
 
 
 def save_small(src: Path, dst: Path) -> None:
@@ -48,14 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = ["--source", str(EXAMPLE / "source.png"), "--reference", str(EXAMPLE / "reference.png"),
-             "--reference-mask", str(EXAMPLE / "reference_mask.png")]
-    sr = f"{round(10 * args.steps / 50)}-{args.steps}"
+    sr = f"{round(10 * args.steps / 50)}-{args.steps}"  # the examples' SR steps, 10-50 scaled
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (extra, keep) in RUNS.items():
+        for name, (example, extra, keep) in RUNS.items():
             run = Path(tmp) / name
-            rc = cli_main(["edit", *files, *EDIT, "--steps", str(args.steps), "--sr-steps", sr, *extra, "--quiet",
-                           "--out", str(run), "--inspect", str(run / "inspect")])
+            rc = cli_main(["edit", *example_args(example), "--steps", str(args.steps), "--sr-steps", sr, *extra,
+                           "--quiet", "--out", str(run), "--inspect", str(run / "inspect")])
             if rc:
                 return rc
             for src, dst in keep.items():

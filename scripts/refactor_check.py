@@ -12,7 +12,6 @@ they are not for the test suite.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -30,17 +29,10 @@ KEYS = ("source_inverted", "reconstruction_latent", "edit_latent")
 
 
 def demo_config(steps: int) -> specref.EditConfig:
-    """The shipped example's edit as an EditConfig (its flags, SR steps scaled as the demo does)."""
-    flags = json.loads((EXAMPLE / "edit.json").read_text())["flags"]
-    f = dict(zip(flags[::2], flags[1::2]))
-    return specref.EditConfig(
-        source_prompt=f["--source-prompt"], target_prompt=f["--target-prompt"], mode=f["--mode"],
-        target_words=(f["--target-words"],), blend_words=tuple(tuple(s.split(",")) for s in
-                                                                f["--blend-words"].split(";")),
-        self_replace_steps=float(f["--self-replace-steps"]), thres=float(f["--thres"]), interp=f["--interp"],
-        sr_layers=tuple(int(v) for v in f["--sr-layers"].split("-")),
-        map_blocks=tuple(int(v) for v in f["--map-blocks"].split(",")), steps=steps,
-        sr_steps=(round(10 * steps / 50), steps))
+    """The shipped example's edit as the demo runs it (its edit.json flags, SR steps scaled)."""
+    from specref.app.demo import example_job
+
+    return example_job(steps).config
 
 
 def runs(tmp: Path):

@@ -70,13 +70,17 @@ def test_examples_are_drawn_by_the_scene_code(tmp_path, example):
 
 
 def test_example_flags_give_the_same_edit(tmp_path):
-    # edit.json's CLI flags parse to the EditConfig the evaluation runs (plus the model's own map blocks)
-    from specref.cli import build_parser, edit_config
+    # edit.json's CLI flags parse to the EditConfig the evaluation runs, once the model's own settings are filled in
+    from specref.app.cli import build_parser, edit_values
+    from specref.app.jobs import make_job
+    from specref.settings import complete
+
+    defaults = {"size": 128, **examples.model_defaults()}
     for example in examples.EXAMPLES_ALL:
         flags = json.loads(examples.write(example, tmp_path / example.name).joinpath("edit.json").read_text())["flags"]
-        args = build_parser().parse_args(["edit", "--source", "s", "--reference", "r", *flags,
-                                          *examples.default_flags(), "--sr-steps", "10-50"])
-        assert edit_config(args) == example.config(), example.name
+        args = build_parser().parse_args(["edit", "--source", "s", "--reference", "r", *flags, "--sr-steps", "10-50"])
+        cfg = make_job(*edit_values(args)).config
+        assert complete(cfg, defaults)[0] == complete(example.config(), defaults)[0], example.name
 
 
 def test_scenes_have_one_or_two_objects_apart():
@@ -100,11 +104,10 @@ def test_demo_runs_the_example_edit(tmp_path):
         assert (tmp_path / out / "summary.png").is_file() and Image.open(tmp_path / out / "edit.png").size == (128, 128)
 
 
-@pytest.mark.xfail(reason="specref/demo.py (outside this branch) still passes --thres 0.7 --interp nearest "
-                   "--map-blocks 13,14,15; with the model's specref.json read by the loader they go", strict=False)
 def test_demo_uses_the_editors_thresholds():
-    from specref.demo import EDIT
-    assert not {"--thres", "--interp", "--map-blocks"} & set(EDIT)
+    from specref.app.demo import EDIT
+
+    assert not {"--thres", "--interp", "--map-blocks"} & set(EDIT)  # the model's own level, the editor's defaults
 
 
 def test_cli_sample_and_reconstruct_use_the_native_size(tmp_path, capsys):

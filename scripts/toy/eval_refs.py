@@ -43,7 +43,7 @@ def busy_masks(sd, steps: int) -> dict:
         img, drawn = ref.image(sd.native_size)
         m = {"ones": np.ones_like(drawn), "auto": "auto", "drawn": drawn}[mask]
         r = specref.Reference(img, mask=m, prompt=ref.prompt() if mask == "auto" else None,
-                              mask_words=(ref.scene.shape,) if mask == "auto" else None)
+                              auto_mask_words=(ref.scene.shape,) if mask == "auto" else None)
         cfg = example.config(steps, sd.source)
         res = specref.edit(sd, draw_objects(example.source, sd.native_size)[0], [r], cfg, progress=False)
         metrics = ev.edit_metrics(example, res)

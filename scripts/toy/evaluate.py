@@ -206,15 +206,17 @@ def read_scene(img: Image.Image) -> Reading:
                    nearest(bg, BACKGROUNDS))
 
 
-def sample_image(sd: StableDiffusion, prompt: str, seed: int = 0, steps: int = 30, guidance: float = 5.0) -> Image.Image:
+def sample_image(sd: StableDiffusion, prompt: str, seed: int = 0, steps: int = 30,
+                 guidance: float = 5.0) -> Image.Image:
     """One text-to-image sample at the model's native size."""
     return to_pil(sampling.decode(sd, sampling.sample(sd, prompt, guidance=guidance, steps=steps, seed=seed,
                                                       progress=False))[0])
 
 
 EVAL_SCENES = [Scene(s, c, t, b) for s, c, t, b in [
-    ("circle", "red", "plain", "gray"), ("square", "blue", "striped", "white"), ("triangle", "yellow", "plain", "black"),
-    ("star", "green", "checkered", "brown"), ("circle", "purple", "dotted", "blue"), ("square", "orange", "plain", "green"),
+    ("circle", "red", "plain", "gray"), ("square", "blue", "striped", "white"),
+    ("triangle", "yellow", "plain", "black"), ("star", "green", "checkered", "brown"),
+    ("circle", "purple", "dotted", "blue"), ("square", "orange", "plain", "green"),
     ("star", "white", "plain", "blue"), ("triangle", "red", "checkered", "gray")]]
 
 
@@ -286,7 +288,8 @@ def word_maps(sd: StableDiffusion, scenes: list[Scene], blocks: tuple[int, ...],
 def mass_inside(tile: np.ndarray, region: np.ndarray) -> float:
     """Share of a map's mass above its minimum inside `region` (bool at any size; its cover of each map cell)."""
     v = tile - tile.min()
-    cover = np.asarray(Image.fromarray(region.astype(np.uint8) * 255).resize(tile.shape[::-1], Image.Resampling.BOX)) / 255
+    cover = np.asarray(Image.fromarray(region.astype(np.uint8) * 255).resize(tile.shape[::-1],
+                                                                             Image.Resampling.BOX)) / 255
     return float((v * cover).sum() / max(v.sum(), 1e-12))
 
 

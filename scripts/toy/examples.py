@@ -3,8 +3,9 @@
 Each example is a source scene, its references (scenes, each with the target words it is bound to, a drawn or
 "auto" mask, a plain or busy background) and the edit's settings as explicit EditConfig fields; `write` draws the
 folder's PNGs and edit.json (the CLI flags), `config` / `references` give the same edit to `specref.edit`.
-The model's own settings (the level its words are read at, specref.json's "edit_defaults") come from
-`model_defaults`, the one place that reads them until the loader does.
+The model's own settings (the level its words are read at, specref.json's "edit_defaults") are applied by the
+editor itself (§8.4); `model_defaults` writes them into the configs explicitly, so that `evaluate.py --map-blocks`
+can measure a model at another level.
 """
 from __future__ import annotations
 
@@ -28,17 +29,11 @@ OVERRIDE: dict = {}  # evaluate.py --map-blocks: settings that replace the model
 
 
 def model_defaults(model: str | Path | None = None) -> dict:
-    """The model folder's specref.json "edit_defaults" as EditConfig fields (tuples for lists); {} if it has none.
-    The one place the eval code reads a model's own settings: when weights.load_model reads specref.json itself,
-    this returns {} and nothing else changes."""
+    """The model folder's specref.json "edit_defaults" as EditConfig fields (tuples for lists), with evaluate.py's
+    overrides; {} if it has none."""
     path = Path(model or DEFAULT_MODEL) / "specref.json"
     own = json.loads(path.read_text()).get("edit_defaults", {}) if path.is_file() else {}
     return {**{k: tuple(v) if isinstance(v, list) else v for k, v in own.items()}, **OVERRIDE}
-
-
-def default_flags(model: str | Path | None = None) -> list[str]:
-    """model_defaults as CLI flags (until the CLI reads specref.json)."""
-    return flags(model_defaults(model))
 
 
 @dataclass(frozen=True)
@@ -67,8 +62,9 @@ class Ref:
 
     def reference(self, size: int = 128) -> specref.Reference:
         img, mask = self.image(size)
-        return specref.Reference(img, mask="auto" if self.auto else mask, words=self.words, prompt=self.prompt(),
-                                 mask_words=(self.scene.shape,) if self.auto else None)
+        return specref.Reference(img, mask="auto" if self.auto else mask, target_words=self.words,
+                                 prompt=self.prompt(),
+                                 auto_mask_words=(self.scene.shape,) if self.auto else None)
 
 
 BUSY_COLOURS = ("green", "blue", "purple", "orange", "red")
@@ -117,7 +113,7 @@ def flags(fields: dict) -> list[str]:
         flag = "--" + name.replace("_", "-")
         if name == "blend_words":
             out += [flag, ";".join(",".join(ws) for ws in value)]
-        elif name in ("target_words", "reference_words", "map_blocks"):
+        elif name in ("target_words", "auto_mask_words", "map_blocks"):
             out += [flag, ",".join(map(str, value))]
         elif name in ("sr_layers", "sr_steps"):
             out += [flag, f"{value[0]}-{value[1]}"]
@@ -174,7 +170,8 @@ def scene_dict(scene: Scene) -> dict:
 STAR = Scene("star", "yellow", "checkered", "black")
 ONE = Scene("circle", "red", "plain", "gray")
 # Two objects side by side, apart by more than scenes.MARGIN (as in training).
-TWO = Scene("circle", "red", "plain", "gray", 0.27, 0.5, 0.17, Scene("square", "blue", "plain", "gray", 0.73, 0.5, 0.17))
+TWO = Scene("circle", "red", "plain", "gray", 0.27, 0.5, 0.17,
+            Scene("square", "blue", "plain", "gray", 0.73, 0.5, 0.17))
 COMMON = (("mode", "refine"), ("self_replace_steps", 0.4), ("sr_layers", (10, 16)))
 
 CHECKER = Example(
@@ -200,7 +197,7 @@ BUSY = Example(
     "toy-busy-reference", BUSY_SOURCE, (Ref(STAR, auto=True, busy=0),), (0,),
     (("source_prompt", BUSY_SOURCE.caption()), ("target_prompt", BUSY_SOURCE.caption(colour=False)),
      ("target_words", ("square",)), ("blend_words", (("red", "square"), ("square",))),
-     ("reference_prompt", STAR.caption(background=False)), ("reference_words", ("star",)), *COMMON),
+     ("reference_prompt", STAR.caption(background=False)), ("auto_mask_words", ("star",)), *COMMON),
     "a reference on a busy background with no mask ('auto': the star's own cross-attention finds it): the square "
     "takes the star's look, not the background's")
 EXAMPLES_ALL = (CHECKER, TWO_ONE, TWO_REFS, BUSY)

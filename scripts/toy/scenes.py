@@ -48,7 +48,8 @@ class Scene:
         """'a red striped circle', leaving out the parts switched off (and 'plain')."""
         return " ".join(w for w, _ in self.phrase_words(colour, texture))
 
-    def phrase_words(self, colour: bool = True, texture: bool = True, role: int | None = 0) -> list[tuple[str, int | None]]:
+    def phrase_words(self, colour: bool = True, texture: bool = True,
+                     role: int | None = 0) -> list[tuple[str, int | None]]:
         """The phrase's words with their roles: colour, texture and shape words have `role`, the article None."""
         words = ([self.colour] if colour else []) + ([self.texture] if texture and self.texture != "plain" else [])
         words.append(self.shape)

@@ -1,37 +1,27 @@
 """`python -m specref demo`: a SpecRef edit with the embedded demo model on the shipped example -> OUT/summary.png.
 
-The inputs are the shipped synthetic example (assets/examples/toy-checker, installed with the package: source,
-reference and mask drawn by scripts/toy_scenes.py): "a red circle" becomes "a circle" that takes the reference's
-(a yellow checkered star's) colour and checker, which no prompt names; `--baseline` also runs the Prompt-to-Prompt
-baseline (no reference), which can only follow the words and draws the model's plain yellow circle.
-mask_t and Local Blend read this model's word level, up block 3's 16x16 maps (`--map-blocks 13,14,15`, with
-`--thres 0.7 --interp nearest`; §4.3's 4x4 level misses the object; assets/toy-sd/README.md).
-`--model` runs the same edit on other SD v1 weights (diffusers folder, .safetensors/.ckpt, or a Hub repo id)
-with §4.3's map blocks and the editor's default thres and interp; images are then resized to that model's
-native size.
+The inputs are the shipped synthetic example (assets/examples/toy-checker, installed with the package, drawn by
+scripts/toy/scenes.py): "a red circle" becomes "a circle" that takes the reference's (a yellow checkered star's)
+colour and checker, which no prompt names; `--baseline` also runs the Prompt-to-Prompt baseline (no reference),
+which can only follow the words. The edit is the example's own flags (its edit.json), at the editor's default
+thresholds; the level at which the model's words are read comes from the model (its specref.json, §8.4).
+`--model` runs the same edit on other SD weights (diffusers folder, single file or Hub repo id); the images are
+then resized to that model's native size.
 """
 from __future__ import annotations
 
 import argparse
+import json
 
 from weights import ASSETS, precision
 
-from ..settings import BLEND_BLOCKS, EditConfig, canonical, parse_value
+from ..settings import canonical, parse_value
 from .jobs import EditJob, make_job
 
 EXAMPLE = ASSETS / "examples" / "toy-checker"
-# Where mask_t and Local Blend read the demo model's words: the 16x16 cross-attention of up block 3, not §4.3's
-# latent/4 level (4x4 maps at 128², where a word's attention is spread over the image; assets/toy-sd/README.md).
-TOY_MAP_BLOCKS = (13, 14, 15)
-# The edit, as `python -m specref edit` flags (also written to the example folder as edit.json).
-EDIT = ["--source-prompt", "a red circle on a gray background", "--target-prompt", "a circle on a gray background",
-        "--mode", "refine", "--target-words", "circle", "--blend-words", "red,circle;circle",
-        "--self-replace-steps", "0.4", "--thres", "0.7", "--interp", "nearest", "--sr-layers", "10-16",
-        "--map-blocks", ",".join(map(str, TOY_MAP_BLOCKS))]  # + --sr-steps 10-50, scaled to --steps
-# Other models get the editor's defaults for what EDIT tunes to the demo model: §4.3's map blocks, the mask_t
-# threshold and the mask resizing.
-EDITOR_MASKS = ["--map-blocks", ",".join(map(str, BLEND_BLOCKS)), "--thres", str(EditConfig.thres),
-              "--interp", EditConfig.interp]
+# The example's edit as `python -m specref edit` flags (its edit.json, written by scripts/toy/examples.py); the SR
+# steps are the example's 10-50, scaled to --steps.
+EDIT = json.loads((EXAMPLE / "edit.json").read_text())["flags"]
 
 
 def add_arguments(p: argparse.ArgumentParser, default_out: str = "out/demo") -> None:
@@ -55,7 +45,7 @@ def edit_argvs(args: argparse.Namespace) -> list[list[str]]:
     files = ["--source", str(EXAMPLE / "source.png"), "--reference", str(EXAMPLE / "reference.png"),
              "--reference-mask", str(EXAMPLE / "reference_mask.png")]
     sr = ["--sr-steps", f"{max(1, round(10 * args.steps / 50))}-{args.steps}"]  # the example's 10-50, scaled
-    model = ["--model", args.model, *EDITOR_MASKS] if args.model else []
+    model = ["--model", args.model] if args.model else []
     extra = (["--dtype", args.dtype] if args.dtype else []) + (["--quiet"] if args.quiet else [])
     # the demo replaces its own previous output (only a folder that holds just what a specref run wrote)
     common = ["edit", *files, *EDIT, "--steps", str(args.steps), *sr, *model, *extra, "--overwrite"]
