@@ -17,7 +17,6 @@ from model import StableDiffusion
 
 from ..images import load_image, mask_to_pil
 from ..pipeline import EditResult
-from ..references import Reference
 from ..settings import ALIASES
 from .folders import RECORD, record_mark, staged_folder
 from .jobs import EditJob, Runtime
@@ -156,7 +155,3 @@ def save_tensors(path: Path, result: EditResult) -> None:
         t["mask_t"] = result.mask_t.to("cpu", dt).contiguous()
     save_file(t, path)
 
-
-def references_of(job: EditJob) -> list[Reference]:
-    """The job's references ([] for the P2P baseline)."""
-    return list(job.references) if job.config.use_reference else []
