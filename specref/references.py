@@ -147,6 +147,9 @@ def check_references(cfg: Any, refs: list[Reference]) -> None:
     if not cfg.use_reference or not refs:
         return
     target_words, groups = word_groups(cfg.target_words, refs)
+    if cfg.masks in ("both", "t") and not target_words:  # §4.4: mask_t is read from the target words' maps
+        raise ValueError("mask_t needs target words (--target-words, or --for after each --reference), "
+                         "or use --masks s|none")
     for w in target_words if any(r.target_words for r in refs) else ():
         try:
             find_word(cfg.target_prompt, w)

@@ -196,8 +196,6 @@ def validate(cfg: EditConfig) -> None:
     if cfg.sr_steps is not None and cfg.use_reference and cfg.sr_steps[1] > cfg.steps:
         raise ValueError(f"--sr-steps {cfg.sr_steps[0]}-{cfg.sr_steps[1]} end after the last of {cfg.steps} steps "
                          f"(need 0 <= start < end <= {cfg.steps})")
-    if cfg.use_reference and cfg.masks in ("both", "t") and not cfg.target_words:
-        raise ValueError("mask_t needs target words (--target-words), or use --masks s|none")
     for prompt, which, ws in words_to_check(cfg):
         for w in ws:
             try:

@@ -37,7 +37,8 @@ def toy() -> StableDiffusion:
 def test_default_model_is_the_embedded_one(toy):
     assert Path(toy.source).resolve() == weights.DEFAULT_MODEL.resolve()
     assert toy.native_size == 128 and toy.dtype == torch.float32
-    assert sorted(toy.unet.attention_layers()) == [(b, k) for b in range(16) for k in ("cross", "self")]  # SD v1: 16 blocks
+    # SD v1's topology: 16 transformer blocks, each with a self- and a cross-attention layer
+    assert sorted(toy.unet.attention_layers()) == [(b, k) for b in range(16) for k in ("cross", "self")]
     files = [f for f in weights.DEFAULT_MODEL.rglob("*.safetensors")]
     assert len(files) == 3 and sum(f.stat().st_size for f in files) <= 30 * 10**6
 
@@ -49,7 +50,7 @@ def test_model_carries_its_word_level():
     assert examples.model_defaults() == {"map_blocks": toy_train.MAP_BLOCKS}
     cfg = examples.CHECKER.config()
     default = specref.EditConfig("a", "b")
-    assert (cfg.thres, cfg.interp, cfg.blend_th) == (default.thres, default.interp, default.blend_th)  # SPEC's
+    assert (cfg.thres, cfg.interp, cfg.blend_th) == (default.thres, default.interp, default.blend_th)  # §4.3, §4.4
 
 
 def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
@@ -65,7 +66,8 @@ def test_examples_are_drawn_by_the_scene_code(tmp_path, example):
     assert shipped == sorted(p.name for p in tmp_path.iterdir())
     for name in shipped:
         if name.endswith(".png"):
-            assert np.array_equal(np.asarray(Image.open(tmp_path / name)), np.asarray(Image.open(example.folder / name)))
+            drawn, ours = Image.open(tmp_path / name), Image.open(example.folder / name)
+            assert np.array_equal(np.asarray(drawn), np.asarray(ours))
     assert (tmp_path / "edit.json").read_text() == (example.folder / "edit.json").read_text()
 
 
@@ -77,8 +79,10 @@ def test_example_flags_give_the_same_edit(tmp_path):
 
     defaults = {"size": 128, **examples.model_defaults()}
     for example in examples.EXAMPLES_ALL:
-        flags = json.loads(examples.write(example, tmp_path / example.name).joinpath("edit.json").read_text())["flags"]
-        args = build_parser().parse_args(["edit", "--source", "s", "--reference", "r", *flags, "--sr-steps", "10-50"])
+        folder = examples.write(example, tmp_path / example.name)
+        edit = json.loads((folder / "edit.json").read_text())
+        inputs = [str(folder / a) if a.endswith(".png") else a for a in edit["inputs"]]
+        args = build_parser().parse_args(["edit", *inputs, *edit["flags"], "--sr-steps", "10-50"])
         cfg = make_job(*edit_values(args)).config
         assert complete(cfg, defaults)[0] == complete(example.config(), defaults)[0], example.name
 
@@ -112,7 +116,8 @@ def test_demo_uses_the_editors_thresholds():
 
 def test_cli_sample_and_reconstruct_use_the_native_size(tmp_path, capsys):
     from specref.app.cli import main
-    assert main(["sample", "--prompt", "a red circle", "--steps", "3", "--out", str(tmp_path / "s.png"), "--quiet"]) == 0
+    out = str(tmp_path / "s.png")
+    assert main(["sample", "--prompt", "a red circle", "--steps", "3", "--out", out, "--quiet"]) == 0
     assert Image.open(tmp_path / "s.png").size == (128, 128)
     assert main(["reconstruct", "--image", str(examples.CHECKER.folder / "source.png"), "--prompt", "a red circle on "
                  "a gray background", "--steps", "20", "--out", str(tmp_path / "r"), "--quiet"]) == 0
@@ -229,7 +234,8 @@ def test_stage_files_and_resume(tmp_path, monkeypatch):
     assert rec["unet_loss_first"] == ref["unet_loss_first"] and rec["sr_loss_first"] == ref["sr_loss_first"]
     # every stage loaded from its file: the same model
     sd2, rec2 = _train(3, work)
-    assert set(rec2["stages_loaded"]) == {"vae", "t2i", "sr"} and all(torch.equal(v, s[k]) for k, v in _state(sd2).items())
+    assert set(rec2["stages_loaded"]) == {"vae", "t2i", "sr"}
+    assert all(torch.equal(v, s[k]) for k, v in _state(sd2).items())
     with pytest.raises(ValueError, match="vae.pt holds a stage trained with .*'seed': 3"):
         _train(4, work)
 

@@ -74,7 +74,7 @@ SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_
              "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
              "prediction_type": "epsilon"}
 # The model's word level: the cross-attention blocks whose maps (one size) Local Blend and mask_t read. Up block
-# 3's 16x16 maps at 128² (blocks 10-12 are 8x8; SPEC §4.3's 4, 5, 7, 8, 9 are 4x4 here, coarser than an object).
+# 3's 16x16 maps at 128² (blocks 10-12 are 8x8; §4.3's 4, 5, 7, 8, 9 are 4x4 here, coarser than an object).
 MAP_BLOCKS = (13, 14, 15)
 WORD_WEIGHT = 0.1     # the word loss's weight beside the (Min-SNR weighted) denoising loss
 # Stage 1 on this CPU (no native bf16) is conv-bound: 32² crops around the objects, 32 a batch, cost half as much a
@@ -469,7 +469,7 @@ def train_unet(unet: UNet, text: CLIPTextEncoder, tokenizer: CLIPTokenizer, late
                               order, log)
 
 
-# Stage 3 trains SR-attn's blocks (SPEC §4.4's default SR layers, up blocks 2-3).
+# Stage 3 trains SR-attn's blocks (§4.4's default SR layers, up blocks 2-3).
 SR_BLOCKS = range(10, 16)
 # Stage 3's loss weight on a target's object pixels (1 elsewhere): the texture is a small part of the whole
 # image's error, and with uniform weights 300 steps learnt to copy the reference's colour but not its texture.
