@@ -2,7 +2,7 @@
 
 The demo itself is `python -m specref demo` (specref/app/demo.py, which also runs from an installed wheel); this
 script keeps the repository's entry point (output under the repo's out/demo) and redraws the shipped examples'
-inputs with the scene code (`--write-example`: every folder of scripts/toy/examples.py, with its edit.json).
+inputs with the scene code (`--write-example`: scripts/toy/examples.py's SHIPPED folders, with their edit.json).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from toy import examples  # noqa: E402
 def write_example(folder: Path | None = None) -> list[Path]:
     """Draw every shipped example's inputs with the scene code and write its edit.json (into `folder`/NAME if
     given, else assets/examples/NAME)."""
-    return [examples.write(e, None if folder is None else Path(folder) / e.name) for e in examples.EXAMPLES_ALL]
+    return [examples.write(e, None if folder is None else Path(folder) / e.name) for e in examples.SHIPPED]
 
 
 def main(argv: list[str] | None = None) -> int:

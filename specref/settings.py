@@ -17,6 +17,9 @@ from .words import find_word
 
 # §4.3: the cross-attention blocks Local Blend and mask_t read: the latent/4 level (16² maps at 512²).
 BLEND_BLOCKS = (4, 5, 7, 8, 9)
+# The built-in defaults of the settings a model may set (§7, §8.4), used when neither a flag, a preset nor the
+# model's specref.json sets them.
+BUILT_IN = {"map_blocks": BLEND_BLOCKS, "thres": 0.5, "interp": "bilinear"}
 SR_STEPS_AT_50 = (4, 50)  # §4.4's default SR steps for 50 steps; scaled to other step counts as the presets are
 PROMPTS, P2P, BLEND = "inputs and prompts", "Prompt-to-Prompt (§4.1)", "Local Blend (§4.3)"
 SR, REFS, SAMPLING = "SR-attn: the reference (§4.4)", "references (§8)", "sampling (§2-§3)"
@@ -81,8 +84,9 @@ class EditConfig:
     target_words: tuple[str, ...] = setting(
         (), "comma-separated target-prompt words whose cross-attention is the edit region mask_t", "§4.4", SR,
         parse=v.words, metavar="WORDS")
-    thres: float = setting(0.5, "threshold of the resized mask_s and of the min-max normalised mask_t: lower grows "
-                           "the edit region", "§4.4", SR, parse=float, metavar="F", check=v.unit_interval)
+    thres: float | None = setting(
+        None, "threshold of the resized mask_s and of the min-max normalised mask_t: lower grows the edit region "
+        "[the model's, else 0.5]", "§4.4", SR, parse=float, metavar="F", check=v.unit_interval, by_model=True)
     sr_steps: tuple[int, int] | None = setting(
         None, "editing steps 'start-end' (end excluded) with SR-attn [4-50, scaled to --steps]", "§4.4", SR,
         parse=v.int_pair, metavar="A-B", check=v.index_pair)
@@ -90,8 +94,9 @@ class EditConfig:
                                          "SR-attn", "§4.4", SR, parse=v.int_pair, metavar="A-B", check=v.index_pair)
     masks: Literal["both", "s", "t", "none"] = setting(
         "both", "which of mask_s, mask_t SR-attn uses (the ablations)", "§4.4", SR, choices=("both", "s", "t", "none"))
-    interp: Literal["nearest", "bilinear"] = setting(
-        "bilinear", "how masks and maps are resized to a layer", "§4.4", SR, choices=("nearest", "bilinear"))
+    interp: Literal["nearest", "bilinear"] | None = setting(
+        None, "how masks and maps are resized to a layer [the model's, else bilinear]", "§4.4", SR,
+        choices=("nearest", "bilinear"), by_model=True)
     use_reference: bool = setting(True, "false: the Prompt-to-Prompt baseline (no SR-attn; --no-reference)", "§4.4",
                                   SR, parse=v.boolean, metavar="BOOL")
     feature_dtype: str | None = setting(None, "dtype of the kept reference K/V [the model's]", "§3", SR,
@@ -230,8 +235,8 @@ def complete(cfg: EditConfig, model_defaults: Mapping[str, Any]) -> tuple[EditCo
         if s.by_model and model_defaults.get(name) is not None:
             value = model_defaults[name]
             filled[name], sources[name] = tuple(value) if isinstance(value, list) else value, "model"
-        elif name == "map_blocks":
-            filled[name], sources[name] = BLEND_BLOCKS, "default"
+        elif name in BUILT_IN:
+            filled[name], sources[name] = BUILT_IN[name], "default"
         elif name == "sr_steps":
             filled[name], sources[name] = scaled(SR_STEPS_AT_50, cfg.steps), "default"
     return (cfg.replace(**filled) if filled else cfg), sources

@@ -72,7 +72,7 @@ def write_tokenizer(folder: Path, pad: str = "<|endoftext|>") -> None:
 
 def make_tiny_diffusers(folder: Path, seed: int = 0, safe: bool = True) -> Path:
     """Build and save the tiny model as a diffusers folder (the independent reference)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     gen = torch.Generator().manual_seed(seed)
@@ -88,21 +88,13 @@ def make_tiny_diffusers(folder: Path, seed: int = 0, safe: bool = True) -> Path:
     vae.save_pretrained(folder / "vae", safe_serialization=safe)
     text.save_pretrained(folder / "text_encoder", safe_serialization=safe)
     write_tokenizer(folder / "tokenizer")
-    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                  set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
-        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
-        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"]}))
-    return folder
+    return write_scheduler_and_index(folder, "epsilon")
 
 
 def make_tiny_sd2(folder: Path, kind: str = "v", seed: int = 0, like: Path | None = None) -> Path:
     """Build and save a tiny SD 2 model ("v": 2.x-768-like, "base": 2.x-base-like) as a diffusers folder; with
     `like` (another tiny SD 2 folder), the same weights with this kind's configs (saves building them again)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     k = SD2_KINDS[kind]
@@ -128,9 +120,16 @@ def make_tiny_sd2(folder: Path, kind: str = "v", seed: int = 0, like: Path | Non
     vae.save_pretrained(folder / "vae")
     text.save_pretrained(folder / "text_encoder")
     write_tokenizer(folder / "tokenizer", pad="!")
+    return write_scheduler_and_index(folder, k["prediction_type"])
+
+
+def write_scheduler_and_index(folder: Path, prediction_type: str) -> Path:
+    """The SD DDIM scheduler config and model_index.json of a diffusers folder (diffusers' own writers)."""
+    from diffusers import DDIMScheduler
+
     DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                   set_alpha_to_one=False, steps_offset=1,
-                  prediction_type=k["prediction_type"]).save_pretrained(folder / "scheduler")
+                  prediction_type=prediction_type).save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps({
         "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
         "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,

@@ -3,7 +3,7 @@ mask_s, `auto`, the drawn mask), and the auto mask's IoU with the drawn one over
 
     python scripts/toy/eval_refs.py [--steps 50] [--only busy,auto] [--out out/eval_refs.json]
 
-(One reference per target word is the shipped example toy-two-references: scripts/toy/evaluate.py --only examples.)
+(One reference per target word is the example toy-two-references: scripts/toy/evaluate.py --only examples.)
 """
 from __future__ import annotations
 

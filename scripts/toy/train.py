@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Train the embedded demo model (assets/toy-sd): a small SD v1-architecture model on synthetic scenes.
+"""Train the demo model's next release: a small SD v1-architecture model on synthetic scenes. (The shipped
+assets/toy-sd was made by an earlier recipe; its model card measures this one's candidate beside it.)
 
-    python scripts/toy/train.py [--out assets/toy-sd] [--work out/toy-train] [--threads 2] [--seed 0] \
+    python scripts/toy/train.py [--out assets/toy-sd --overwrite] [--work out/toy-train] [--threads 2] [--seed 0] \
         [--vae-steps N] [--unet-steps N] [--sr-steps N] [--pool N] [--word-weight W] [--map-blocks 13,14,15]
 
 Same UNet/VAE/CLIP code and config format as SD v1 (4 UNet levels, 16 transformer blocks, 8x VAE, the real
@@ -750,7 +751,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hide-pattern", type=float, default=HIDE_PATTERN,
                    help="stage 3: fraction of targets whose noisy input shows their object plain (0: off)")
     p.add_argument("--every", type=int, default=CHECKPOINT_EVERY, help="steps between checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="replace the model already in --out")
     args = p.parse_args(argv)
+    if Path(args.out).exists() and any(Path(args.out).iterdir()) and not args.overwrite:
+        p.error(f"--out {args.out} already holds files (the shipped model by default): give another folder, or "
+                f"--overwrite to replace them once training ends")
     torch.set_num_threads(args.threads)
     recipe = Recipe(word_weight=args.word_weight, map_blocks=tuple(int(b) for b in args.map_blocks.split(",")),
                     word_loss=args.word_loss)

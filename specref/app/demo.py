@@ -3,8 +3,9 @@
 The inputs are the shipped synthetic example (assets/examples/toy-checker, installed with the package, drawn by
 scripts/toy/scenes.py): "a red circle" becomes "a circle" that takes the reference's (a yellow checkered star's)
 colour and checker, which no prompt names; `--baseline` also runs the Prompt-to-Prompt baseline (no reference),
-which can only follow the words. The edit is the example's own flags (its edit.json), at the editor's default
-thresholds; the level at which the model's words are read comes from the model (its specref.json, §8.4).
+which can only follow the words. The edit is the example's own flags (its edit.json); the level at which the
+model's words are read and how its maps become mask_t come from the model (its specref.json, §8.4), so other SD
+weights run it at the editor's defaults.
 `--model` runs the same edit on other SD weights (diffusers folder, single file or Hub repo id); the images are
 then resized to that model's native size.
 """
