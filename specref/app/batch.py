@@ -105,11 +105,18 @@ def run_batch(sd: StableDiffusion | Callable[[], StableDiffusion], jobs: str | P
     out = Path(out)
     rt = runtime if isinstance(runtime, Runtime) else Runtime(**(runtime or {}))
     rt = dataclasses.replace(rt, overwrite=True, progress=False)  # a job's own earlier output may be replaced
-    check_batch_folder(out, jobs)
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / RECORD).exists():
-        (out / RECORD).write_text(json.dumps({"specref": {"command": "batch", "jobs": str(jobs)}}, indent=1))
-    remove_stale(out)  # a killed run's temporary folders (only ones specref made)
+    check_batch_folder(out, jobs)  # every rank, before any writes: they all see the same folder
+    if world > 1 and barrier is not None:
+        barrier()
+    if rank == 0 or barrier is None:  # one rank sets the folder up; the others wait for it (they would race)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / RECORD).exists():
+            tmp = out / f".{RECORD}.tmp"
+            tmp.write_text(json.dumps({"specref": {"command": "batch", "jobs": str(jobs)}}, indent=1))
+            tmp.replace(out / RECORD)
+        remove_stale(out)  # a killed run's temporary folders (only ones specref made)
+    if world > 1 and barrier is not None:
+        barrier()
     all_runs = read_jobs(jobs, rt)
     mine = all_runs[rank::world]  # a deterministic split: job i goes to rank i % world
     for run in mine:
