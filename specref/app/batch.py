@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from model import StableDiffusion
 
-from .folders import RECORD, OutputError, check_folder, output_files, remove_stale
+from .folders import RECORD, OutputError, check_folder, output_files, remove_stale, write_file
 from .jobs import Runtime, content_hash, make_job, split_job
 from .outputs import model_record
 from .study import Run, StudyResult, execute, fail, row, write_csv
@@ -110,10 +110,9 @@ def run_batch(sd: StableDiffusion | Callable[[], StableDiffusion], jobs: str | P
         barrier()
     if rank == 0 or barrier is None:  # one rank sets the folder up; the others wait for it (they would race)
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / RECORD).exists():
-            tmp = out / f".{RECORD}.tmp"
-            tmp.write_text(json.dumps({"specref": {"command": "batch", "jobs": str(jobs)}}, indent=1))
-            tmp.replace(out / RECORD)
+        if not (out / RECORD).exists():  # written whole, then renamed: another rank never reads half of it
+            mark = json.dumps({"specref": {"command": "batch", "jobs": str(jobs)}}, indent=1)
+            write_file(out / RECORD, lambda p: p.write_text(mark))
         remove_stale(out)  # a killed run's temporary folders (only ones specref made)
     if world > 1 and barrier is not None:
         barrier()
